@@ -1,0 +1,111 @@
+"""Command line entry point: argparse subcommands, each run by a function in its own module.
+
+Handlers are named by dotted path and imported only when their subcommand runs, so
+`tunneler --help` stays fast and a missing optional piece never breaks unrelated commands.
+Every handler has the signature `handler(args: argparse.Namespace) -> int` (the exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import cast
+
+from tunneler import __version__, log
+from tunneler.errors import TunnelerError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, target: str,
+         help_text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.set_defaults(handler=target)
+    return parser
+
+
+def _network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    network = sub.add_parser("network", help="the embedded network: controller + edge router")
+    nsub = network.add_subparsers(dest="network_command", required=True)
+    init = _add(nsub, "init", "tunneler.controller.commands:cmd_init",
+                "create a network directory: CA, state database and a first edge router")
+    init.add_argument("dir", help="network directory to create")
+    init.add_argument("--hostname", default="localhost",
+                      help="name every client uses to reach controller and router (must resolve)")
+    init.add_argument("--controller-port", type=int, default=1280)
+    init.add_argument("--router-port", type=int, default=3022)
+    init.add_argument("--router-name", default="router1")
+    serve = _add(nsub, "serve", "tunneler.controller.commands:cmd_serve",
+                 "run controller and edge router in the foreground until SIGTERM")
+    serve.add_argument("dir")
+    serve.add_argument("--listen", default="0.0.0.0", help="address to listen on")
+    serve.add_argument("--log-level", default="info")
+    apply = _add(nsub, "apply", "tunneler.controller.commands:cmd_apply",
+                 "load identities, services, configs and service policies from a YAML file")
+    apply.add_argument("dir")
+    apply.add_argument("file")
+    token = _add(nsub, "enroll-token", "tunneler.controller.commands:cmd_enroll_token",
+                 "create the identity if missing and write a one-time enrollment JWT")
+    token.add_argument("dir")
+    token.add_argument("identity")
+    token.add_argument("-o", "--output", help="JWT file to write (default: stdout)")
+    token.add_argument("--expires-in", type=int, default=3 * 3600,
+                       help="token lifetime in seconds (default 3 h)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser."""
+    parser = argparse.ArgumentParser(prog="tunneler", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tunneler {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    enroll = _add(sub, "enroll", "tunneler.enroll:cmd_enroll",
+                  "enroll with a one-time JWT and write an OpenZiti identity file (mode 0600)")
+    enroll.add_argument("--jwt", required=True, help="enrollment token file")
+    enroll.add_argument("--identity", required=True, help="identity JSON file to write")
+
+    _network_commands(sub)
+
+    host = _add(sub, "run-host", "tunneler.host:cmd_run_host",
+                "host mode: bind services (host.v1) and connect each flow to its endpoint")
+    host.add_argument("--identity", action="append", default=[], help="identity JSON (repeatable)")
+    host.add_argument("--identity-dir", help="load every *.json identity in this directory")
+    host.add_argument("--log-level", default="info")
+
+    proxy = _add(sub, "proxy", "tunneler.proxy:cmd_proxy",
+                 "proxy mode: listen locally and dial SERVICE for every accepted connection")
+    proxy.add_argument("--identity", required=True)
+    proxy.add_argument("bindings", nargs="+", metavar="SERVICE=[HOST:]PORT")
+    proxy.add_argument("--log-level", default="info")
+
+    version = _add(sub, "version", "tunneler.cli:cmd_version", "print the version")
+    version.add_argument("--json", action="store_true")
+    return parser
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    """Print the version."""
+    print(f'{{"version": "{__version__}"}}' if args.json else f"tunneler {__version__}")
+    return 0
+
+
+def _resolve(target: str) -> Handler:
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    return cast(Handler, getattr(module, attr))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    log.configure(getattr(args, "log_level", "info"))
+    handler = _resolve(args.handler)
+    try:
+        return handler(args)
+    except TunnelerError as exc:
+        print(f"tunneler: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

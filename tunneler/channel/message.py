@@ -1,0 +1,201 @@
+"""Channel v2 frames: the `Message` record, header/content-type constants, encode and decode.
+
+Wire layout (openziti/channel `message.go`, all integers little-endian)::
+
+    magic 03 06 09 0c | content type i32 | sequence i32 | headers length u32 | body length u32
+    headers: (id i32, length u32, value) * | body
+
+`FrameDecoder` checks both lengths against its caps *before* buffering a frame's payload, so a
+peer claiming a 4 GiB body costs nothing but a `FrameError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+from tunneler.errors import FrameError
+
+MAGIC = b"\x03\x06\x09\x0c"
+PREFIX = struct.Struct("<4siiII")
+PREFIX_LEN = PREFIX.size  # 20
+_HEADER = struct.Struct("<iI")
+
+# Channel content types (openziti/channel messages.go).
+CONTENT_TYPE_HELLO = 0
+CONTENT_TYPE_PING = 1
+CONTENT_TYPE_RESULT = 2
+CONTENT_TYPE_LATENCY = 3
+CONTENT_TYPE_LATENCY_RESPONSE = 4
+CONTENT_TYPE_HEARTBEAT = 5
+
+# Channel header ids.
+CONNECTION_ID_HEADER = 0
+REPLY_FOR_HEADER = 1
+RESULT_SUCCESS_HEADER = 2
+HELLO_ROUTER_ADVERTISEMENTS_HEADER = 3
+HELLO_VERSION_HEADER = 4
+HEARTBEAT_HEADER = 5
+HEARTBEAT_RESPONSE_HEADER = 6
+LATENCY_PROBE_TIME_HEADER = 128
+REFLECTED_HEADER_MIN = 128
+REFLECTED_HEADER_MAX = 255
+
+# Implementation limits (not from the specification).
+MAX_HEADERS_LEN = 64 * 1024
+MAX_BODY_LEN = 16 * 1024 * 1024
+MAX_HEADER_COUNT = 256
+
+
+@dataclass(slots=True)
+class Message:
+    """One channel frame. `sequence` is assigned by the sender's `ChannelConnection`."""
+
+    content_type: int
+    headers: dict[int, bytes] = field(default_factory=dict)
+    body: bytes = b""
+    sequence: int = 0
+
+    def get_int(self, header_id: int) -> int | None:
+        """An integer header, read leniently (little-endian, any length up to 8) as libziti does."""
+        value = self.headers.get(header_id)
+        if value is None:
+            return None
+        return int.from_bytes(value[:8], "little", signed=len(value) == 4 and value[3] >= 0x80)
+
+    def get_str(self, header_id: int) -> str | None:
+        """A string header (UTF-8, invalid bytes replaced)."""
+        value = self.headers.get(header_id)
+        return None if value is None else value.decode("utf-8", "replace")
+
+    def get_bool(self, header_id: int) -> bool:
+        """A bool header: present and first byte non-zero."""
+        value = self.headers.get(header_id)
+        return value is not None and len(value) > 0 and value[0] != 0
+
+    def set_int32(self, header_id: int, value: int) -> Message:
+        """Set a 4-byte little-endian integer header (signed range accepted); returns self."""
+        self.headers[header_id] = (value & 0xFFFFFFFF).to_bytes(4, "little")
+        return self
+
+    def set_uint64(self, header_id: int, value: int) -> Message:
+        """Set an 8-byte little-endian integer header; returns self."""
+        self.headers[header_id] = (value & 0xFFFFFFFFFFFFFFFF).to_bytes(8, "little")
+        return self
+
+    def set_str(self, header_id: int, value: str) -> Message:
+        """Set a UTF-8 string header; returns self."""
+        self.headers[header_id] = value.encode()
+        return self
+
+    def set_bool(self, header_id: int, value: bool) -> Message:
+        """Set a one-byte bool header; returns self."""
+        self.headers[header_id] = b"\x01" if value else b"\x00"
+        return self
+
+    @property
+    def reply_for(self) -> int | None:
+        """The sequence this message answers, if it is a reply."""
+        return self.get_int(REPLY_FOR_HEADER)
+
+
+def encode(message: Message) -> bytes:
+    """Serialise a message to one frame."""
+    parts = [b""]
+    for header_id, value in message.headers.items():
+        parts.append(_HEADER.pack(header_id, len(value)))
+        parts.append(value)
+    headers = b"".join(parts)
+    prefix = PREFIX.pack(MAGIC, message.content_type, _to_i32(message.sequence), len(headers),
+                         len(message.body))
+    return b"".join((prefix, headers, message.body))
+
+
+def _to_i32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def decode_headers(block: bytes | memoryview) -> dict[int, bytes]:
+    """Parse a header block; raises FrameError on overruns or too many entries."""
+    headers: dict[int, bytes] = {}
+    offset, end, count = 0, len(block), 0
+    while offset < end:
+        if end - offset < _HEADER.size:
+            raise FrameError("truncated header entry")
+        header_id, length = _HEADER.unpack_from(block, offset)
+        offset += _HEADER.size
+        if length > end - offset:
+            raise FrameError(f"header {header_id} length {length} runs past the header block")
+        count += 1
+        if count > MAX_HEADER_COUNT:
+            raise FrameError(f"more than {MAX_HEADER_COUNT} headers")
+        headers[header_id] = bytes(block[offset : offset + length])
+        offset += length
+    return headers
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, get whole messages. Caps are checked before buffering.
+
+    After a `FrameError` the decoder is broken and refuses further input: the caller must close
+    the channel (a framing error cannot be resynchronised).
+    """
+
+    def __init__(self, max_headers_len: int = MAX_HEADERS_LEN,
+                 max_body_len: int = MAX_BODY_LEN) -> None:
+        self._buffer = bytearray()
+        self._max_headers_len = max_headers_len
+        self._max_body_len = max_body_len
+        self._need: tuple[int, int, int, int] | None = None  # (ct, seq, hlen, blen)
+        self._failed = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a frame."""
+        return len(self._buffer)
+
+    def set_limits(self, max_headers_len: int, max_body_len: int) -> None:
+        """Change the caps (e.g. tighter while waiting for a hello)."""
+        self._max_headers_len = max_headers_len
+        self._max_body_len = max_body_len
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        """Add received bytes; return every message now complete."""
+        if self._failed:
+            raise FrameError("decoder already failed")
+        self._buffer += data
+        messages: list[Message] = []
+        try:
+            while (message := self._next()) is not None:
+                messages.append(message)
+        except FrameError:
+            self._failed = True
+            self._buffer.clear()
+            raise
+        return messages
+
+    def _next(self) -> Message | None:
+        buf = self._buffer
+        if self._need is None:
+            if len(buf) < PREFIX_LEN:
+                if buf and not MAGIC.startswith(bytes(buf[:4])):
+                    raise FrameError("bad magic")
+                return None
+            magic, content_type, sequence, hlen, blen = PREFIX.unpack_from(buf)
+            if magic != MAGIC:
+                raise FrameError(f"bad magic {magic.hex()}")
+            if hlen > self._max_headers_len:
+                raise FrameError(f"headers length {hlen} over cap {self._max_headers_len}")
+            if blen > self._max_body_len:
+                raise FrameError(f"body length {blen} over cap {self._max_body_len}")
+            self._need = (content_type, sequence, hlen, blen)
+        content_type, sequence, hlen, blen = self._need
+        total = PREFIX_LEN + hlen + blen
+        if len(buf) < total:
+            return None
+        headers = decode_headers(bytes(buf[PREFIX_LEN : PREFIX_LEN + hlen]))
+        body = bytes(buf[PREFIX_LEN + hlen : total])
+        del buf[:total]
+        self._need = None
+        return Message(content_type, headers, body, sequence)

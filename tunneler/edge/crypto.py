@@ -1,0 +1,109 @@
+"""End-to-end encryption between the two SDK ends of a circuit, as libziti does it.
+
+libsodium `crypto_kx` derives a key pair per direction; each direction is one
+`crypto_secretstream_xchacha20poly1305` stream whose 24-byte header is the first Data message
+sent. One Data message carries exactly one chunk (plaintext + 17 bytes); FIN is never
+encrypted. See openziti-protocol.md §3.8.
+
+Dialer ("client"): key pair per Connect, peer key from StateConnected.
+Hoster ("server"): key pair per Bind, peer key from each Dial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nacl import bindings as sodium
+from nacl.exceptions import CryptoError as NaclCryptoError
+
+from tunneler.errors import CryptoError
+
+HEADER_BYTES = sodium.crypto_secretstream_xchacha20poly1305_HEADERBYTES  # 24
+OVERHEAD = sodium.crypto_secretstream_xchacha20poly1305_ABYTES  # 17
+PUBLIC_KEY_BYTES = sodium.crypto_kx_PUBLIC_KEY_BYTES  # 32
+_TAG_MESSAGE = sodium.crypto_secretstream_xchacha20poly1305_TAG_MESSAGE
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A `crypto_kx` key pair."""
+
+    public: bytes
+    secret: bytes
+
+    @classmethod
+    def generate(cls) -> KeyPair:
+        """A fresh random key pair."""
+        public, secret = sodium.crypto_kx_keypair()
+        return cls(public, secret)
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """`rx` decrypts what the peer sends; `tx` encrypts what we send."""
+
+    rx: bytes
+    tx: bytes
+
+
+def _check_peer_key(peer_public: bytes | None) -> bytes:
+    if peer_public is None or len(peer_public) != PUBLIC_KEY_BYTES:
+        raise CryptoError("peer public key missing or not 32 bytes")
+    return peer_public
+
+
+def client_keys(own: KeyPair, server_public: bytes | None) -> SessionKeys:
+    """Dialer side session keys."""
+    rx, tx = sodium.crypto_kx_client_session_keys(own.public, own.secret,
+                                                  _check_peer_key(server_public))
+    return SessionKeys(rx, tx)
+
+
+def server_keys(own: KeyPair, client_public: bytes | None) -> SessionKeys:
+    """Hosting side session keys."""
+    rx, tx = sodium.crypto_kx_server_session_keys(own.public, own.secret,
+                                                  _check_peer_key(client_public))
+    return SessionKeys(rx, tx)
+
+
+class Encryptor:
+    """The sending half: `header` goes out first, then `encrypt()` per Data message."""
+
+    def __init__(self, tx_key: bytes) -> None:
+        self._state = sodium.crypto_secretstream_xchacha20poly1305_state()
+        self.header: bytes = sodium.crypto_secretstream_xchacha20poly1305_init_push(
+            self._state, tx_key)
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """One chunk: len(plaintext) + 17 bytes."""
+        return bytes(sodium.crypto_secretstream_xchacha20poly1305_push(
+            self._state, plaintext, None, _TAG_MESSAGE))
+
+
+class Decryptor:
+    """The receiving half: the first Data body must be the peer's 24-byte header."""
+
+    def __init__(self, rx_key: bytes) -> None:
+        self._key = rx_key
+        self._state: sodium.crypto_secretstream_xchacha20poly1305_state | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once the peer's stream header has been received."""
+        return self._state is not None
+
+    def feed(self, body: bytes) -> bytes | None:
+        """Process one Data body: the header (returns None) or a chunk (returns plaintext)."""
+        if self._state is None:
+            if len(body) != HEADER_BYTES:
+                raise CryptoError(f"expected {HEADER_BYTES}-byte stream header, got {len(body)}")
+            state = sodium.crypto_secretstream_xchacha20poly1305_state()
+            sodium.crypto_secretstream_xchacha20poly1305_init_pull(state, body, self._key)
+            self._state = state
+            return None
+        try:
+            plaintext, _tag = sodium.crypto_secretstream_xchacha20poly1305_pull(
+                self._state, body, None)
+        except NaclCryptoError as exc:
+            raise CryptoError("end-to-end decryption failed") from exc
+        return bytes(plaintext)

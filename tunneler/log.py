@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -25,7 +26,7 @@ _LEVELS = {
 _REDACTED_KEYS = frozenset({"token", "jwt", "key", "private_key", "session_token", "password"})
 
 
-def _redact(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Never let secrets reach a log line, whatever a caller passes."""
     for key in _REDACTED_KEYS.intersection(event):
         event[key] = "<redacted>"

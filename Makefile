@@ -1,0 +1,35 @@
+# Two set-up commands (README): `make demo` runs the demo, `make test` runs the tests.
+# Both create .venv and install what they need on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: deps demo test lint unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+demo: deps
+	bash scripts/demo.sh
+
+lint: deps
+	$(BIN)/ruff check tunneler tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+unit: deps
+	$(BIN)/python -m pytest tests/unit
+
+bench: deps
+	$(BIN)/python bench/overlay.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

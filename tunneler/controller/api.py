@@ -1,0 +1,287 @@
+"""The controller's HTTPS Edge Client API v1 and OTT enrollment (aiohttp adapter).
+
+Every endpoint is served at `/edge/client/v1/<path>` and at `/<path>` (openziti-protocol.md
+§4.1). Every response has Content-Length and `ziti-instance-id`; errors use the OpenZiti error
+envelope. Identity is proved by the TLS client certificate (verified against the network CA by
+the TLS layer, then looked up by SHA-1 fingerprint); later calls carry the `zt-session` token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from cryptography import x509
+
+from tunneler.controller import pki, views
+from tunneler.controller.apierrors import (
+    ApiError,
+    bad_request,
+    error_response,
+    not_found,
+    unauthorized,
+)
+from tunneler.controller.models import ApiSession, Identity, iso_time
+from tunneler.controller.paging import page, parse_name_filter, wanted_config_types
+from tunneler.controller.store import Store
+from tunneler.errors import EnrollmentError
+from tunneler.log import get_logger
+
+log = get_logger("controller.api")
+
+MAX_BODY_BYTES = 1 << 20
+READ_HEADER_TIMEOUT = 5.0
+TLS_HANDSHAKE_TIMEOUT = 10.0
+SESSION_HEADER = "zt-session"
+INSTANCE_HEADER = "ziti-instance-id"
+PREFIXES = ("", views.API_PATH)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What the API needs besides the store."""
+
+    instance_id: str
+    controller_url: str
+    trust_domain: str
+    ca_cert: x509.Certificate
+    ca_key: pki.PrivateKey
+
+
+def _json(payload: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(payload).encode(), status=status,
+                        content_type="application/json")
+
+
+def _peer_fingerprint(request: web.Request) -> str | None:
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return pki.fingerprint_der(der) if der else None
+
+
+class ControllerApi:
+    """The aiohttp application plus its HTTPS listener."""
+
+    def __init__(self, store: Store, settings: ApiSettings, *, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._runner: web.AppRunner | None = None
+        self._server: asyncio.Server | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def application(self) -> web.Application:
+        """The aiohttp application with every route at both path prefixes."""
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._middleware])
+        routes: list[tuple[str, str, Handler]] = [
+            ("GET", "/version", self.get_version),
+            ("GET", "/.well-known/est/cacerts", self.get_cacerts),
+            ("POST", "/enroll", self.post_enroll),
+            ("POST", "/authenticate", self.post_authenticate),
+            ("GET", "/current-api-session", self.get_current_api_session),
+            ("DELETE", "/current-api-session", self.delete_current_api_session),
+            ("GET", "/current-identity", self.get_current_identity),
+            ("GET", "/current-identity/edge-routers", self.get_edge_routers),
+            ("GET", "/current-api-session/service-updates", self.get_service_updates),
+            ("GET", "/services", self.get_services),
+            ("POST", "/sessions", self.post_sessions),
+        ]
+        for prefix in PREFIXES:
+            for method, path, handler in routes:
+                app.router.add_route(method, prefix + path, handler)
+        return app
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext) -> int:
+        """Listen on host:port (0 = ephemeral); returns the bound port."""
+        self._runner = web.AppRunner(self.application(), access_log=None,
+                                     keepalive_timeout=READ_HEADER_TIMEOUT)
+        await self._runner.setup()
+        protocol_factory = self._runner.server
+        assert protocol_factory is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            protocol_factory, host, port, ssl=ssl_context,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+        bound: int = self._server.sockets[0].getsockname()[1]
+        log.info("controller.api_started", host=host, port=bound)
+        return bound
+
+    async def close(self) -> None:
+        """Stop listening and close open connections."""
+        if self._server is not None:
+            self._server.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._server = self._runner = None
+
+    # -- middleware --------------------------------------------------------------------------
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        request_id = uuid.uuid4().hex
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = error_response(exc, request_id)
+        except web.HTTPException as exc:
+            code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
+                    413: "REQUEST_TOO_LARGE"}.get(exc.status, "INVALID_REQUEST")
+            response = error_response(ApiError(exc.status, code, exc.reason), request_id)
+        response.headers[INSTANCE_HEADER] = self._settings.instance_id
+        return response
+
+    def _authenticated(self, request: web.Request) -> ApiSession:
+        token = request.headers.get(SESSION_HEADER, "")
+        session = self._store.api_session(token) if token else None
+        if session is None:
+            raise unauthorized("no valid zt-session; authenticate again")
+        presented = _peer_fingerprint(request)
+        if presented is not None and presented != session.fingerprint:
+            raise unauthorized("client certificate does not belong to this API session")
+        return session
+
+    async def _read_json(self, request: web.Request) -> Any:
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise bad_request("COULD_NOT_PARSE_BODY", "request body is not JSON") from exc
+
+    # -- enrollment --------------------------------------------------------------------------
+
+    async def get_version(self, request: web.Request) -> web.Response:
+        return _json(views.envelope(views.version(self._settings.controller_url)))
+
+    async def get_cacerts(self, request: web.Request) -> web.Response:
+        der = pki.pkcs7_certs_only([self._settings.ca_cert])
+        text = base64.encodebytes(der)
+        response = web.Response(body=text, content_type="application/pkcs7-mime")
+        response.headers["Content-Transfer-Encoding"] = "base64"
+        return response
+
+    async def post_enroll(self, request: web.Request) -> web.Response:
+        if request.query.get("method") != "ott":
+            raise bad_request("INVALID_ENROLLMENT_METHOD", "only method=ott is supported")
+        token = request.query.get("token", "")
+        csr_pem = await request.read()
+        try:
+            csr = pki.load_csr(csr_pem)
+            if not token:
+                raise EnrollmentError("missing enrollment token")
+            identity, cert = self._store.consume_enrollment(token, lambda ident: self._issue(
+                csr, ident))
+        except EnrollmentError as exc:
+            log.warning("controller.enrollment_refused", reason=str(exc))
+            raise bad_request("INVALID_ENROLLMENT_TOKEN", str(exc)) from exc
+        log.info("controller.identity_enrolled", identity=identity.name, identity_id=identity.id)
+        if "application/x-pem-file" in request.headers.get("Accept", "") and \
+                "json" not in request.headers.get("Accept", ""):
+            return web.Response(body=cert.encode(), content_type="application/x-pem-file")
+        return _json(views.envelope({"cert": cert}))
+
+    def _issue(self, csr: x509.CertificateSigningRequest, identity: Identity) -> tuple[str, str]:
+        cert = pki.issue_client_cert(csr, identity.id, self._settings.trust_domain,
+                                     self._settings.ca_cert, self._settings.ca_key)
+        return pki.fingerprint(cert), pki.cert_pem(cert).decode()
+
+    # -- API sessions ------------------------------------------------------------------------
+
+    async def post_authenticate(self, request: web.Request) -> web.Response:
+        if request.query.get("method") != "cert":
+            raise bad_request("INVALID_AUTH_METHOD", "only method=cert is supported")
+        fingerprint = _peer_fingerprint(request)
+        identity = self._store.identity_by_fingerprint(fingerprint) if fingerprint else None
+        if fingerprint is None or identity is None:
+            log.warning("controller.authentication_refused", fingerprint=fingerprint)
+            raise unauthorized("no enrolled client certificate presented", code="INVALID_AUTH")
+        body = await self._read_json(request)
+        config_types = wanted_config_types(body.get("configTypes") if isinstance(body, dict)
+                                           else None, ())
+        session = self._store.create_api_session(identity, fingerprint, config_types)
+        log.info("controller.api_session_created", identity=identity.name)
+        return _json(views.envelope(views.api_session(session, self._clock())))
+
+    async def get_current_api_session(self, request: web.Request) -> web.Response:
+        session = self._authenticated(request)
+        return _json(views.envelope(views.api_session(session, self._clock())))
+
+    async def delete_current_api_session(self, request: web.Request) -> web.Response:
+        session = self._authenticated(request)
+        self._store.delete_api_session(session.id)
+        log.info("controller.api_session_deleted", identity=session.identity_name)
+        return _json(views.envelope({}))
+
+    def _identity(self, session: ApiSession) -> Identity:
+        identity = self._store.identity_by_id(session.identity_id)
+        if identity is None:
+            raise unauthorized("identity no longer exists")
+        return identity
+
+    async def get_current_identity(self, request: web.Request) -> web.Response:
+        session = self._authenticated(request)
+        identity = self._identity(session)
+        return _json(views.envelope(views.identity(identity, session.fingerprint)))
+
+    async def get_edge_routers(self, request: web.Request) -> web.Response:
+        self._authenticated(request)
+        routers = [views.edge_router(router) for router in self._store.routers()]
+        return _json(page(request.query, routers))
+
+    async def get_service_updates(self, request: web.Request) -> web.Response:
+        self._authenticated(request)
+        changed = iso_time(self._store.last_change_at())
+        return _json(views.envelope({"lastChangeAt": changed}))
+
+    # -- services and sessions ---------------------------------------------------------------
+
+    async def get_services(self, request: web.Request) -> web.Response:
+        session = self._authenticated(request)
+        identity = self._identity(session)
+        name = parse_name_filter(request.query.get("filter"))
+        config_types = wanted_config_types(request.query.getall("configTypes", []),
+                                           session.config_types)
+        visible = []
+        for service in self._store.services():
+            granted = self._store.permissions(identity, service)
+            if granted.kinds and (name is None or service.name == name):
+                visible.append(views.service(service, granted, config_types))
+        return _json(page(request.query, visible))
+
+    async def post_sessions(self, request: web.Request) -> web.Response:
+        api_session = self._authenticated(request)
+        body = await self._read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("serviceId"), str):
+            raise bad_request("COULD_NOT_VALIDATE", "body must be {serviceId, type}")
+        kind = body.get("type", "Dial")
+        if kind not in ("Dial", "Bind"):
+            raise bad_request("COULD_NOT_VALIDATE", "type must be Dial or Bind")
+        service = self._store.service_by_id(body["serviceId"])
+        identity = self._identity(api_session)
+        if service is None:
+            raise not_found(f"service {body['serviceId']!r} not found")
+        if kind not in self._store.permissions(identity, service).kinds:
+            log.warning("controller.session_refused", identity=identity.name,
+                        service=service.name, type=kind)
+            raise not_found(f"identity {identity.name!r} has no {kind} permission for service "
+                            f"{service.name!r}")
+        routers = self._store.routers()
+        if not routers:
+            raise ApiError(503, "NO_EDGE_ROUTERS_AVAILABLE", "the network has no edge router")
+        info = self._store.create_session(api_session, service, kind)
+        log.info("controller.session_created", identity=identity.name, service=service.name,
+                 type=kind)
+        return _json(views.envelope(views.session(info, routers, self._clock())), status=201)

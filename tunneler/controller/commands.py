@@ -1,0 +1,149 @@
+"""`tunneler network init|serve|apply|enroll-token`: the embedded network's CLI handlers.
+
+`apply` and `enroll-token` work on the state database directly (no server needed); they are
+safe while `serve` runs because the database is in WAL mode with short write transactions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+
+from tunneler import jwt
+from tunneler.controller import network, pki, policyfile
+from tunneler.controller.api import ControllerApi
+from tunneler.controller.store import Store
+from tunneler.errors import ConfigError
+from tunneler.log import get_logger
+
+log = get_logger("controller")
+
+MIN_TOKEN_SECONDS = 60
+MAX_TOKEN_SECONDS = 30 * 24 * 3600
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Create a network directory: CA, controller/router certs, state DB, first router."""
+    root = Path(args.dir)
+    config = network.validate({
+        "hostname": args.hostname, "controller_port": args.controller_port,
+        "router_port": args.router_port, "router_name": args.router_name,
+        "instance_id": pki.new_instance_id()})
+    network.prepare(root)
+    directory = network.NetworkDir(root, config)
+    pki.create_pki(directory.pki, config.hostname)
+    store = Store(directory.state_db)
+    try:
+        store.add_router(config.router_name, config.hostname, config.router_port)
+    finally:
+        store.close()
+    os.chmod(directory.state_db, 0o600)
+    network.write_config(root, config)
+    log.info("network.created", dir=str(root), controller=config.controller_url,
+             router=f"tls://{config.hostname}:{config.router_port}")
+    print(f"network created in {root}: controller {config.controller_url}, "
+          f"router {config.router_name} tls://{config.hostname}:{config.router_port}")
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Validate a YAML file and upsert its identities, services and service policies."""
+    directory = network.load(Path(args.dir))
+    spec = policyfile.load(Path(args.file))
+    store = Store(directory.state_db)
+    try:
+        changes = policyfile.apply(store, spec)
+    finally:
+        store.close()
+    for kind, name, status in changes:
+        print(f"{kind} {name}: {status}")
+    log.info("network.file_applied", file=str(args.file),
+             changed=sum(status != "unchanged" for _, _, status in changes))
+    return 0
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
+
+
+def cmd_enroll_token(args: argparse.Namespace) -> int:
+    """Create the identity if missing and write a one-time enrollment JWT."""
+    if not MIN_TOKEN_SECONDS <= args.expires_in <= MAX_TOKEN_SECONDS:
+        raise ConfigError(f"--expires-in: must be {MIN_TOKEN_SECONDS}..{MAX_TOKEN_SECONDS} s")
+    directory = network.load(Path(args.dir))
+    key = directory.signing_key()
+    now = time.time()
+    store = Store(directory.state_db)
+    try:
+        store.upsert_identity(args.identity)
+        identity = store.identity_by_name(args.identity)
+        assert identity is not None
+        expires_at = int(now + args.expires_in)
+        jti = store.create_enrollment(identity.id, expires_at)
+    finally:
+        store.close()
+    token = jwt.encode({"em": "ott", "iss": directory.config.controller_url, "sub": identity.id,
+                        "jti": jti, "exp": expires_at, "aud": ""}, key)
+    if args.output:
+        _write_secret(Path(args.output), token + "\n")
+    else:
+        sys.stdout.write(token + "\n")
+    log.info("network.enrollment_created", identity=identity.name, expires_at=expires_at)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the controller API and the edge router until SIGTERM/SIGINT."""
+    directory = network.load(Path(args.dir))
+    asyncio.run(serve(directory, args.listen))
+    return 0
+
+
+async def serve(directory: network.NetworkDir, listen: str,
+                stop: asyncio.Event | None = None) -> None:
+    """Serve until `stop` is set (by default: until SIGTERM or SIGINT)."""
+    from tunneler.router.server import EdgeRouter  # imported lazily: router is optional for API
+
+    stop = stop or _signal_event()
+    config = directory.config
+    store = Store(directory.state_db)
+    api = ControllerApi(store, directory.api_settings(), clock=time.time)
+    router = EdgeRouter(store, pki.server_ssl_context(directory.pki, "router",
+                                                      require_client_cert=True),
+                        name=config.router_name)
+    try:
+        await _listen(api.start(listen, config.controller_port, pki.server_ssl_context(
+            directory.pki, "ctrl", require_client_cert=False)), listen, config.controller_port)
+        await _listen(router.start(listen, config.router_port), listen, config.router_port)
+        log.info("network.serving", controller=config.controller_url,
+                 router=f"tls://{config.hostname}:{config.router_port}")
+        await stop.wait()
+    finally:
+        await router.close()
+        await api.close()
+        store.close()
+        log.info("network.stopped")
+
+
+async def _listen(starting: Awaitable[object], host: str, port: int) -> None:
+    try:
+        await starting
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+def _signal_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop

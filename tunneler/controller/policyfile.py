@@ -1,0 +1,208 @@
+"""`network apply`: load, validate and idempotently apply a YAML file of network entities.
+
+Format (OpenZiti entity field names; every section optional)::
+
+    identities:
+      - {name: laptop, roleAttributes: [llm-clients]}
+    services:
+      - name: llm
+        encryptionRequired: true          # default true
+        roleAttributes: [llm]
+        configs: {intercept.v1: {...}, host.v1: {...}}
+    servicePolicies:
+      - {name: llm-dial, type: Dial, semantic: AnyOf, identityRoles: ["#llm-clients"],
+         serviceRoles: ["@llm"]}
+
+Entities are upserted by name; entities absent from the file are left alone. Errors name the
+path of the bad field (`services[0].configs.intercept.v1.portRanges[0].low: ...`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunneler.configs import parse_config
+from tunneler.controller.models import POLICY_TYPES, ROLE_ALL, SEMANTICS
+from tunneler.controller.store import KNOWN_CONFIG_TYPES, Store
+from tunneler.errors import ConfigError
+
+MAX_FILE_BYTES = 1 << 20
+MAX_NAME_LENGTH = 255
+
+
+@dataclass(frozen=True)
+class IdentitySpec:
+    name: str
+    role_attributes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    encryption_required: bool
+    role_attributes: tuple[str, ...]
+    configs: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str
+    type: str
+    semantic: str
+    identity_roles: tuple[str, ...]
+    service_roles: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ApplyFile:
+    """A validated apply file."""
+
+    identities: tuple[IdentitySpec, ...]
+    services: tuple[ServiceSpec, ...]
+    policies: tuple[PolicySpec, ...]
+
+
+def _fields(obj: object, path: str, allowed: Sequence[str], required: Sequence[str],
+            ) -> Mapping[str, Any]:
+    if not isinstance(obj, Mapping):
+        raise ConfigError(f"{path}: must be a mapping")
+    for key in obj:
+        if key not in allowed:
+            raise ConfigError(f"{path}.{key}: unknown field (expected one of {', '.join(allowed)})")
+    for key in required:
+        if key not in obj:
+            raise ConfigError(f"{path}.{key}: is required")
+    return obj
+
+
+def _name(obj: object, path: str) -> str:
+    if not isinstance(obj, str) or not obj.strip() or len(obj) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{path}: must be a non-empty string of at most {MAX_NAME_LENGTH} chars")
+    return obj
+
+
+def _strings(obj: object, path: str, *, role: bool = False) -> tuple[str, ...]:
+    if obj is None:
+        return ()
+    if not isinstance(obj, list):
+        raise ConfigError(f"{path}: must be a list")
+    values = tuple(_name(value, f"{path}[{index}]") for index, value in enumerate(obj))
+    for index, value in enumerate(values):
+        if role and value != ROLE_ALL and (value[0] not in "#@" or len(value) < 2):
+            raise ConfigError(f"{path}[{index}]: must be '#attribute', '@name' or '#all'")
+    return values
+
+
+def _choice(obj: object, path: str, choices: Sequence[str]) -> str:
+    if obj not in choices:
+        raise ConfigError(f"{path}: must be one of {', '.join(choices)}")
+    return str(obj)
+
+
+def _bool(obj: object, path: str) -> bool:
+    if not isinstance(obj, bool):
+        raise ConfigError(f"{path}: must be true or false")
+    return obj
+
+
+def _identity(obj: object, path: str) -> IdentitySpec:
+    fields = _fields(obj, path, ("name", "roleAttributes"), ("name",))
+    return IdentitySpec(_name(fields["name"], f"{path}.name"),
+                        _strings(fields.get("roleAttributes"), f"{path}.roleAttributes"))
+
+
+def _configs(obj: object, path: str) -> Mapping[str, Any]:
+    fields = _fields(obj if obj is not None else {}, path, KNOWN_CONFIG_TYPES, ())
+    for type_name, config in fields.items():
+        parse_config(type_name, config, f"{path}.{type_name}")
+    return dict(fields)
+
+
+def _service(obj: object, path: str) -> ServiceSpec:
+    fields = _fields(obj, path, ("name", "encryptionRequired", "roleAttributes", "configs"),
+                     ("name",))
+    return ServiceSpec(
+        name=_name(fields["name"], f"{path}.name"),
+        encryption_required=_bool(fields.get("encryptionRequired", True),
+                                  f"{path}.encryptionRequired"),
+        role_attributes=_strings(fields.get("roleAttributes"), f"{path}.roleAttributes"),
+        configs=_configs(fields.get("configs"), f"{path}.configs"),
+    )
+
+
+def _policy(obj: object, path: str) -> PolicySpec:
+    allowed = ("name", "type", "semantic", "identityRoles", "serviceRoles")
+    fields = _fields(obj, path, allowed, ("name", "type", "identityRoles", "serviceRoles"))
+    return PolicySpec(
+        name=_name(fields["name"], f"{path}.name"),
+        type=_choice(fields["type"], f"{path}.type", POLICY_TYPES),
+        semantic=_choice(fields.get("semantic", "AnyOf"), f"{path}.semantic", SEMANTICS),
+        identity_roles=_strings(fields["identityRoles"], f"{path}.identityRoles", role=True),
+        service_roles=_strings(fields["serviceRoles"], f"{path}.serviceRoles", role=True),
+    )
+
+
+def _section(document: Mapping[str, Any], key: str, parse: Any) -> tuple[Any, ...]:
+    items = document.get(key)
+    if items is None:
+        return ()
+    if not isinstance(items, list):
+        raise ConfigError(f"{key}: must be a list")
+    parsed = tuple(parse(item, f"{key}[{index}]") for index, item in enumerate(items))
+    seen: set[str] = set()
+    for index, spec in enumerate(parsed):
+        if spec.name in seen:
+            raise ConfigError(f"{key}[{index}].name: duplicate name {spec.name!r}")
+        seen.add(spec.name)
+    return parsed
+
+
+def parse_document(document: object) -> ApplyFile:
+    """Validate a decoded apply document.
+
+    Raises:
+        ConfigError: naming the path of the first bad field.
+    """
+    if document is None:
+        document = {}
+    fields = _fields(document, "(top level)", ("identities", "services", "servicePolicies"), ())
+    return ApplyFile(_section(fields, "identities", _identity),
+                     _section(fields, "services", _service),
+                     _section(fields, "servicePolicies", _policy))
+
+
+def load(path: Path) -> ApplyFile:
+    """Read and validate an apply file (YAML or JSON, at most 1 MiB)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
+    try:
+        document = yaml.safe_load(data)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    try:
+        return parse_document(document)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def apply(store: Store, spec: ApplyFile) -> list[tuple[str, str, str]]:
+    """Upsert every entity of `spec`; returns (kind, name, created/updated/unchanged) rows."""
+    changes = [("identity", i.name, store.upsert_identity(i.name, i.role_attributes))
+               for i in spec.identities]
+    changes += [("service", s.name, store.upsert_service(
+        s.name, encryption_required=s.encryption_required, role_attributes=s.role_attributes,
+        configs=s.configs)) for s in spec.services]
+    changes += [("servicePolicy", p.name, store.upsert_policy(
+        p.name, kind=p.type, semantic=p.semantic, identity_roles=p.identity_roles,
+        service_roles=p.service_roles)) for p in spec.policies]
+    return changes

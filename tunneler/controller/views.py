@@ -1,0 +1,130 @@
+"""JSON shapes of the Edge Client API v1 as libziti 0.29.3 reads them (openziti-protocol.md §4).
+
+Pure functions from entities to JSON-ready dicts; several fields are crash-critical for the
+C SDK (`identity.name`, `permissions`, `postureQueries`, `updatedAt`, `edgeRouters`) and are
+always present.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tunneler import __version__
+from tunneler.controller.models import (
+    ApiSession,
+    Identity,
+    Permissions,
+    Router,
+    Service,
+    iso_time,
+)
+from tunneler.router.authority import SessionInfo
+
+API_PATH = "/edge/client/v1"
+META = {"apiVersion": "0.0.1", "apiEnrollmentVersion": "0.0.1"}
+ALL_CONFIG_TYPES = "all"
+
+
+def envelope(data: Any) -> dict[str, Any]:
+    """Success envelope."""
+    return {"data": data, "meta": {}}
+
+
+def list_envelope(items: list[Any], limit: int, offset: int, total: int) -> dict[str, Any]:
+    """Paged list envelope with the exact `totalCount` (the SDK sizes arrays from it)."""
+    return {"data": items, "meta": {"pagination": {"limit": limit, "offset": offset,
+                                                   "totalCount": total}, "filterableFields": []}}
+
+
+def error_envelope(code: str, message: str, request_id: str) -> dict[str, Any]:
+    """Error envelope: the SDK reads `error.code` and `error.message`."""
+    return {"error": {"code": code, "message": message, "requestId": request_id, "cause": None,
+                      "causeMessage": "", "args": {"urlVars": {}}, "data": {}}, "meta": META}
+
+
+def version(controller_url: str) -> dict[str, Any]:
+    """`GET /version` data (version, revision, buildDate are required by 0.29.3)."""
+    return {
+        "version": f"v{__version__}", "revision": "tunneler", "buildDate": "2024-01-01 00:00:00",
+        "runtimeVersion": "python3",
+        "apiVersions": {
+            "edge": {"v1": {"path": API_PATH, "apiBaseUrls": [controller_url + API_PATH]}},
+            "edge-client": {"v1": {"path": API_PATH, "apiBaseUrls": [controller_url + API_PATH]}},
+        },
+    }
+
+
+def _ref(entity_id: str, name: str, entity: str) -> dict[str, Any]:
+    return {"id": entity_id, "name": name, "entity": entity, "_links": {}}
+
+
+def _stamps(created_at: float, updated_at: float) -> dict[str, Any]:
+    return {"createdAt": iso_time(created_at), "updatedAt": iso_time(updated_at), "_links": {},
+            "tags": {}}
+
+
+def api_session(session: ApiSession, now: float) -> dict[str, Any]:
+    """`POST /authenticate` and `GET /current-api-session` data."""
+    return {
+        "id": session.id, "token": session.token,
+        "identity": _ref(session.identity_id, session.identity_name, "identities"),
+        "identityId": session.identity_id,
+        "expiresAt": iso_time(session.expires_at),
+        "expirationSeconds": max(0, int(session.expires_at - now)),
+        "cachedLastActivityAt": iso_time(session.updated_at),
+        "lastActivityAt": iso_time(session.updated_at),
+        "authQueries": [], "configTypes": list(session.config_types),
+        "authenticatorId": session.fingerprint, "isMfaRequired": False, "isMfaComplete": False,
+        **_stamps(session.created_at, session.updated_at),
+    }
+
+
+def identity(entity: Identity, fingerprint: str) -> dict[str, Any]:
+    """`GET /current-identity` data."""
+    return {
+        "id": entity.id, "name": entity.name, "appData": {}, "defaultHostingCost": 0,
+        "defaultHostingPrecedence": "default", "serviceHostingCosts": {},
+        "serviceHostingPrecedences": {}, "type": {"id": "Default", "name": "Default"},
+        "typeId": "Default", "isAdmin": False, "isDefaultAdmin": False,
+        "authenticators": {"cert": {"fingerprint": fingerprint}}, "enrollment": {},
+        "roleAttributes": list(entity.role_attributes), "hasApiSession": True,
+        "disabled": False, **_stamps(entity.created_at, entity.updated_at),
+    }
+
+
+def _router_urls(router: Router) -> dict[str, str]:
+    return {"tls": router.url}
+
+
+def edge_router(router: Router) -> dict[str, Any]:
+    """One entry of `GET /current-identity/edge-routers` and of a session's `edgeRouters`."""
+    return {"id": router.id, "name": router.name, "hostname": router.hostname,
+            "supportedProtocols": _router_urls(router), "urls": _router_urls(router),
+            "isOnline": True, "syncStatus": "SYNC_DONE", "cost": 0, "noTraversal": False,
+            "appData": {}, **_stamps(router.created_at, router.updated_at)}
+
+
+def service(entity: Service, granted: Permissions, config_types: Sequence[str]) -> dict[str, Any]:
+    """One entry of `GET /services`; `config` filtered by the session's config types."""
+    wanted = set(config_types)
+    every = ALL_CONFIG_TYPES in wanted
+    return {
+        "id": entity.id, "name": entity.name, "permissions": granted.as_list(),
+        "encryptionRequired": entity.encryption_required,
+        "config": {name: data for name, data in entity.configs.items() if every or name in wanted},
+        "configs": list(entity.config_ids.values()), "postureQueries": [],
+        "terminatorStrategy": "smartrouting", "roleAttributes": list(entity.role_attributes),
+        **_stamps(entity.created_at, entity.updated_at),
+    }
+
+
+def session(info: SessionInfo, routers: Sequence[Router], created_at: float) -> dict[str, Any]:
+    """`POST /sessions` data."""
+    return {
+        "id": info.id, "token": info.token, "type": info.type, "serviceId": info.service_id,
+        "service": _ref(info.service_id, info.service_name, "services"),
+        "apiSessionId": info.api_session_id, "apiSession": {"id": info.api_session_id},
+        "identityId": info.identity_id, "edgeRouters": [edge_router(r) for r in routers],
+        **_stamps(created_at, created_at),
+    }

@@ -1,0 +1,382 @@
+"""Hairpin NAT for intercepted TCP flows, and a UDP pseudo-flow table (sans-IO).
+
+Theory of operation (design.md §2): the TUN has address ``T``; a second address ``N`` is
+routed into the TUN; the daemon listens on ``T:L``. For an intercepted flow the kernel writes
+``T:sport -> VIP:vport`` into the TUN; ``outbound`` rewrites it in place to
+``N:natport -> T:L`` and the engine writes it back. The kernel delivers it to the listener,
+which accepts a socket whose peer is ``N:natport``; ``original_destination(natport)`` says where
+the app meant to go. Replies ``T:L -> N:natport`` come out of the TUN; ``inbound`` rewrites them
+to ``VIP:vport -> T:sport``. Checksums are updated with per-flow RFC 1624 deltas.
+
+Flow states and expiry (``now`` is the loop's monotonic time)::
+
+    SYN --reply seen--> OPEN --FIN one way--> HALF_CLOSED --FIN both ways--> CLOSED
+     |                   |                       |                             ^
+     +-- RST either way -+-----------------------+-----------------------------+
+    expiry: SYN after syn_timeout idle; OPEN after idle_timeout; HALF_CLOSED after
+    half_closed_timeout; CLOSED after linger (the nat port stays reserved until then).
+
+API:
+
+- ``TcpNat(tun_ip, nat_ip, listen_port, ...)``; ``translate(packet, parsed, now)`` dispatches
+  to ``outbound`` or ``inbound``; each returns None after rewriting ``packet`` (a bytearray) in
+  place, or a ``NatDrop`` (counted in ``drops``). Only a plain SYN (no ACK) opens a flow, so the
+  engine must call ``outbound`` only for packets to intercepted addresses and may answer a
+  ``NO_FLOW`` or refused SYN with ``packet.build.build_tcp_rst``.
+- ``original_destination(natport) -> OriginalDestination | None``; ``close(natport, now)``
+  when the engine is done with a flow; ``expire(now) -> list[int]`` (freed nat ports), called
+  about once a second.
+- ``UdpFlowTable``: 4-tuple -> flow id with idle expiry and a cap, for UDP relaying.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import struct
+from collections import Counter, OrderedDict
+from typing import NamedTuple
+
+from tunneler.packet.checksum import address_words, apply_delta, checksum_delta
+from tunneler.packet.parse import PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Parsed
+
+DEFAULT_PORT_RANGE = (20000, 59999)
+DEFAULT_MAX_TCP_FLOWS = 4096
+DEFAULT_MAX_UDP_FLOWS = 1024
+SYN_TIMEOUT = 10.0
+IDLE_TIMEOUT = 7200.0
+HALF_CLOSED_TIMEOUT = 300.0
+CLOSED_LINGER = 60.0
+UDP_IDLE_TIMEOUT = 30.0
+
+_ADDRS = struct.Struct("!II")
+_PORTS = struct.Struct("!HH")
+_SUM = struct.Struct("!H")
+
+
+class NatDrop(enum.Enum):
+    """Why the NAT refused a packet."""
+
+    NOT_TCP4 = "not_tcp4"
+    NO_FLOW = "no_flow"
+    TABLE_FULL = "table_full"
+    PORTS_EXHAUSTED = "ports_exhausted"
+
+
+class FlowState(enum.Enum):
+    """Lifecycle of a NAT entry (see the module docstring)."""
+
+    SYN = "syn"
+    OPEN = "open"
+    HALF_CLOSED = "half_closed"
+    CLOSED = "closed"
+
+
+class OriginalDestination(NamedTuple):
+    """Where an accepted connection was headed, and who opened it."""
+
+    src_ip: int
+    src_port: int
+    dst_ip: int
+    dst_port: int
+
+
+class _Flow:
+    __slots__ = (
+        "fin_in",
+        "fin_out",
+        "ip_in",
+        "ip_out",
+        "key",
+        "l4_in",
+        "l4_out",
+        "last_seen",
+        "nat_port",
+        "state",
+    )
+
+    def __init__(self, key: OriginalDestination, nat_port: int, now: float) -> None:
+        self.key = key
+        self.nat_port = nat_port
+        self.state = FlowState.SYN
+        self.last_seen = now
+        self.fin_out = self.fin_in = False
+        self.ip_out = self.l4_out = self.ip_in = self.l4_in = 0
+
+
+def _deltas(
+    old_addrs: tuple[int, int],
+    new_addrs: tuple[int, int],
+    old_ports: tuple[int, int],
+    new_ports: tuple[int, int],
+) -> tuple[int, int]:
+    """Return (IP header delta, TCP checksum delta) for rewriting addresses and ports."""
+    old = address_words(old_addrs[0]) + address_words(old_addrs[1])
+    new = address_words(new_addrs[0]) + address_words(new_addrs[1])
+    return checksum_delta(old, new), checksum_delta(old + old_ports, new + new_ports)
+
+
+class TcpNat:
+    """The hairpin NAT table of design.md §2 (TCP over IPv4)."""
+
+    def __init__(
+        self,
+        tun_ip: int,
+        nat_ip: int,
+        listen_port: int,
+        *,
+        port_range: tuple[int, int] = DEFAULT_PORT_RANGE,
+        max_flows: int = DEFAULT_MAX_TCP_FLOWS,
+        syn_timeout: float = SYN_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
+        half_closed_timeout: float = HALF_CLOSED_TIMEOUT,
+        linger: float = CLOSED_LINGER,
+        rng: random.Random | None = None,
+    ) -> None:
+        low, high = port_range
+        if not 1 <= low <= high <= 0xFFFF:
+            raise ValueError(f"bad NAT port range {port_range}")
+        self.tun_ip = tun_ip
+        self.nat_ip = nat_ip
+        self.listen_port = listen_port
+        self.max_flows = max_flows
+        self._low, self._size = low, high - low + 1
+        self._cursor = rng.randrange(self._size) if rng is not None else 0
+        self._timeouts = {
+            FlowState.SYN: syn_timeout,
+            FlowState.OPEN: idle_timeout,
+            FlowState.HALF_CLOSED: half_closed_timeout,
+            FlowState.CLOSED: linger,
+        }
+        self._by_key: dict[OriginalDestination, _Flow] = {}
+        self._by_port: dict[int, _Flow] = {}
+        self.drops: Counter[NatDrop] = Counter()
+        self.opened = 0
+        self.expired = 0
+
+    def __len__(self) -> int:
+        return len(self._by_port)
+
+    def is_inbound(self, parsed: Parsed) -> bool:
+        """Return True for a reply from the listener (``T:L -> N:*``)."""
+        return (
+            parsed.src_port == self.listen_port
+            and parsed.src == self.tun_ip
+            and parsed.dst == self.nat_ip
+        )
+
+    def translate(self, packet: bytearray, parsed: Parsed, now: float) -> NatDrop | None:
+        """Rewrite ``packet`` in place in whichever direction it travels."""
+        if parsed.version != 4 or parsed.proto != PROTO_TCP:
+            return self._drop(NatDrop.NOT_TCP4)
+        if self.is_inbound(parsed):
+            return self.inbound(packet, parsed, now)
+        return self.outbound(packet, parsed, now)
+
+    def outbound(self, packet: bytearray, parsed: Parsed, now: float) -> NatDrop | None:
+        """Rewrite ``T:sport -> VIP:vport`` to ``N:natport -> T:L``, opening a flow on SYN."""
+        if parsed.version != 4 or parsed.proto != PROTO_TCP:
+            return self._drop(NatDrop.NOT_TCP4)
+        key = OriginalDestination(parsed.src, parsed.src_port, parsed.dst, parsed.dst_port)
+        flow = self._by_key.get(key)
+        flags = parsed.tcp_flags
+        if flow is None or (flow.state is FlowState.CLOSED and flags & TCP_SYN):
+            if flags & (TCP_SYN | TCP_ACK | TCP_RST) != TCP_SYN:
+                return self._drop(NatDrop.NO_FLOW)
+            opened = self._open(key, now)
+            if isinstance(opened, NatDrop):
+                return self._drop(opened)
+            flow = opened
+        self._track(flow, flags, outbound=True, now=now)
+        self._rewrite(
+            packet,
+            parsed.l4_offset,
+            flow.ip_out,
+            flow.l4_out,
+            (self.nat_ip, self.tun_ip),
+            (flow.nat_port, self.listen_port),
+        )
+        return None
+
+    def inbound(self, packet: bytearray, parsed: Parsed, now: float) -> NatDrop | None:
+        """Rewrite a listener reply ``T:L -> N:natport`` to ``VIP:vport -> T:sport``."""
+        if parsed.version != 4 or parsed.proto != PROTO_TCP or not self.is_inbound(parsed):
+            return self._drop(NatDrop.NOT_TCP4)
+        flow = self._by_port.get(parsed.dst_port)
+        if flow is None:
+            return self._drop(NatDrop.NO_FLOW)
+        self._track(flow, parsed.tcp_flags, outbound=False, now=now)
+        key = flow.key
+        self._rewrite(
+            packet,
+            parsed.l4_offset,
+            flow.ip_in,
+            flow.l4_in,
+            (key.dst_ip, key.src_ip),
+            (key.dst_port, key.src_port),
+        )
+        return None
+
+    def original_destination(self, nat_port: int) -> OriginalDestination | None:
+        """Return the flow behind an accepted connection from ``N:nat_port``."""
+        flow = self._by_port.get(nat_port)
+        return flow.key if flow is not None else None
+
+    def state(self, nat_port: int) -> FlowState | None:
+        """Return the state of the flow using ``nat_port``, if any."""
+        flow = self._by_port.get(nat_port)
+        return flow.state if flow is not None else None
+
+    def close(self, nat_port: int, now: float) -> None:
+        """Mark a flow closed (the engine is done with it); its port frees after the linger."""
+        flow = self._by_port.get(nat_port)
+        if flow is not None and flow.state is not FlowState.CLOSED:
+            flow.state = FlowState.CLOSED
+            flow.last_seen = now
+
+    def expire(self, now: float) -> list[int]:
+        """Remove timed-out flows; return the nat ports freed."""
+        freed = [
+            port
+            for port, flow in self._by_port.items()
+            if now - flow.last_seen >= self._timeouts[flow.state]
+        ]
+        for port in freed:
+            self._remove(self._by_port[port])
+        self.expired += len(freed)
+        return freed
+
+    def _drop(self, reason: NatDrop) -> NatDrop:
+        self.drops[reason] += 1
+        return reason
+
+    def _open(self, key: OriginalDestination, now: float) -> _Flow | NatDrop:
+        if len(self._by_port) >= self.max_flows:
+            return NatDrop.TABLE_FULL
+        nat_port = self._allocate_port()
+        if nat_port is None:
+            return NatDrop.PORTS_EXHAUSTED
+        flow = _Flow(key, nat_port, now)
+        flow.ip_out, flow.l4_out = _deltas(
+            (key.src_ip, key.dst_ip),
+            (self.nat_ip, self.tun_ip),
+            (key.src_port, key.dst_port),
+            (nat_port, self.listen_port),
+        )
+        flow.ip_in, flow.l4_in = _deltas(
+            (self.tun_ip, self.nat_ip),
+            (key.dst_ip, key.src_ip),
+            (self.listen_port, nat_port),
+            (key.dst_port, key.src_port),
+        )
+        self._by_key[key] = flow
+        self._by_port[nat_port] = flow
+        self.opened += 1
+        return flow
+
+    def _allocate_port(self) -> int | None:
+        for _ in range(self._size):
+            port = self._low + self._cursor
+            self._cursor = (self._cursor + 1) % self._size
+            if port not in self._by_port:
+                return port
+        return None
+
+    def _remove(self, flow: _Flow) -> None:
+        del self._by_port[flow.nat_port]
+        if self._by_key.get(flow.key) is flow:
+            del self._by_key[flow.key]
+
+    def _track(self, flow: _Flow, flags: int, *, outbound: bool, now: float) -> None:
+        flow.last_seen = now
+        if flow.state is FlowState.CLOSED:
+            return
+        if flags & TCP_RST:
+            flow.state = FlowState.CLOSED
+            return
+        if flags & TCP_FIN:
+            if outbound:
+                flow.fin_out = True
+            else:
+                flow.fin_in = True
+            both = flow.fin_out and flow.fin_in
+            flow.state = FlowState.CLOSED if both else FlowState.HALF_CLOSED
+        elif flow.state is FlowState.SYN and not outbound:
+            flow.state = FlowState.OPEN
+
+    @staticmethod
+    def _rewrite(
+        packet: bytearray,
+        l4: int,
+        ip_delta: int,
+        l4_delta: int,
+        addrs: tuple[int, int],
+        ports: tuple[int, int],
+    ) -> None:
+        _ADDRS.pack_into(packet, 12, *addrs)
+        _SUM.pack_into(packet, 10, apply_delta(_SUM.unpack_from(packet, 10)[0], ip_delta))
+        _PORTS.pack_into(packet, l4, *ports)
+        old = _SUM.unpack_from(packet, l4 + 16)[0]
+        _SUM.pack_into(packet, l4 + 16, apply_delta(old, l4_delta))
+
+
+class UdpFlowTable:
+    """UDP pseudo-flows: (src ip, src port, dst ip, dst port) -> flow id, idle expiry, cap."""
+
+    def __init__(
+        self, *, max_flows: int = DEFAULT_MAX_UDP_FLOWS, idle_timeout: float = UDP_IDLE_TIMEOUT
+    ) -> None:
+        self.max_flows = max_flows
+        self.idle_timeout = idle_timeout
+        self._ids: dict[OriginalDestination, int] = {}
+        self._flows: OrderedDict[int, tuple[OriginalDestination, float]] = OrderedDict()
+        self._next_id = 1
+        self.drops: Counter[NatDrop] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def flow_for(self, parsed: Parsed, now: float) -> tuple[int, bool] | NatDrop:
+        """Return ``(flow_id, created)`` for the datagram's 4-tuple, or ``TABLE_FULL``."""
+        key = OriginalDestination(parsed.src, parsed.src_port, parsed.dst, parsed.dst_port)
+        flow_id = self._ids.get(key)
+        if flow_id is not None:
+            self.touch(flow_id, now)
+            return flow_id, False
+        if len(self._flows) >= self.max_flows:
+            self.drops[NatDrop.TABLE_FULL] += 1
+            return NatDrop.TABLE_FULL
+        flow_id = self._next_id
+        self._next_id += 1
+        self._ids[key] = flow_id
+        self._flows[flow_id] = (key, now)
+        return flow_id, True
+
+    def get(self, flow_id: int) -> OriginalDestination | None:
+        """Return the 4-tuple of a flow (replies go ``dst -> src``)."""
+        entry = self._flows.get(flow_id)
+        return entry[0] if entry is not None else None
+
+    def touch(self, flow_id: int, now: float) -> None:
+        """Record activity (either direction) on a flow."""
+        entry = self._flows.get(flow_id)
+        if entry is not None:
+            self._flows[flow_id] = (entry[0], now)
+            self._flows.move_to_end(flow_id)
+
+    def remove(self, flow_id: int) -> None:
+        """Forget a flow (its overlay connection closed)."""
+        entry = self._flows.pop(flow_id, None)
+        if entry is not None:
+            del self._ids[entry[0]]
+
+    def expire(self, now: float) -> list[int]:
+        """Remove flows idle for ``idle_timeout``; return their ids (oldest first)."""
+        expired: list[int] = []
+        for flow_id, (_key, seen) in self._flows.items():
+            if now - seen < self.idle_timeout:
+                break
+            expired.append(flow_id)
+        for flow_id in expired:
+            self.remove(flow_id)
+        return expired

@@ -1,0 +1,103 @@
+"""Identity files: load forms, mode checks, atomic 0600 save, TLS context."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tunneler.errors import IdentityError
+from tunneler.identity import Identity, load_identity, save_identity
+
+
+def _self_signed(cn: str) -> tuple[str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption()).decode()
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key_pem
+
+
+@pytest.fixture(name="identity")
+def _identity() -> Identity:
+    cert, key = _self_signed("abc123")
+    return Identity("https://ctrl.example:1280", cert, key, cert)
+
+
+def test_save_is_0600_and_round_trips(tmp_path: Path, identity: Identity) -> None:
+    path = tmp_path / "sub" / "id.json"
+    save_identity(identity, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    loaded = load_identity(path)
+    assert (loaded.ztapi, loaded.cert_pem, loaded.key_pem) == (
+        identity.ztapi, identity.cert_pem, identity.key_pem)
+    assert loaded.name_hint == "abc123"
+    assert loaded.controller_address == ("ctrl.example", 1280)
+    assert len(loaded.fingerprint) == 40
+    assert not list(path.parent.glob(".id.json.*"))  # no temporary left behind
+
+
+def test_world_readable_identity_refused(tmp_path: Path, identity: Identity) -> None:
+    path = tmp_path / "id.json"
+    save_identity(identity, path)
+    os.chmod(path, 0o644)
+    with pytest.raises(IdentityError, match="chmod 600"):
+        load_identity(path)
+
+
+def test_file_and_pem_forms(tmp_path: Path, identity: Identity) -> None:
+    (tmp_path / "key.pem").write_text(identity.key_pem)
+    os.chmod(tmp_path / "key.pem", 0o600)
+    path = tmp_path / "id.json"
+    path.write_text(json.dumps({"ztAPI": identity.ztapi, "id": {
+        "cert": "pem:" + identity.cert_pem, "key": "file://key.pem", "ca": identity.ca_pem}}))
+    os.chmod(path, 0o644)  # no inline key: the JSON itself may be readable
+    assert load_identity(path).key_pem == identity.key_pem
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ("{}", "lacks the 'id'"),
+        ('{"ztAPI": "ftp://x", "id": {}}', "ztAPI"),
+        ('{"ztAPI": "https://x:1", "id": {"cert": "x", "key": "y", "ca": "z"}}', "not PEM"),
+        ('{"ztAPI": "https://x:1", "id": {"cert": 5}}', "missing or not a string"),
+    ],
+)
+def test_bad_files_say_what_is_wrong(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "id.json"
+    path.write_text(content)
+    os.chmod(path, 0o600)
+    with pytest.raises(IdentityError, match=message):
+        load_identity(path)
+
+
+def test_missing_file_says_how_to_enroll(tmp_path: Path) -> None:
+    with pytest.raises(IdentityError, match="tunneler enroll"):
+        load_identity(tmp_path / "nope.json")
+
+
+def test_client_context_is_tls12_plus_and_checks_pairing(identity: Identity) -> None:
+    context = identity.client_ssl_context()
+    assert context.minimum_version.name == "TLSv1_2"
+    assert context.check_hostname
+    other_cert, _ = _self_signed("other")
+    mismatched = Identity(identity.ztapi, other_cert, identity.key_pem, identity.ca_pem)
+    with pytest.raises(IdentityError, match="pair"):
+        mismatched.client_ssl_context()

@@ -80,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("bindings", nargs="+", metavar="SERVICE=[HOST:]PORT")
     proxy.add_argument("--log-level", default="info")
 
+    stub = _add(sub, "llm-stub", "tunneler.llmstub.server:cmd_llm_stub",
+                "serve a small OpenAI-compatible chat endpoint (demos and tests)")
+    stub.add_argument("--listen", default="127.0.0.1", help="address to listen on")
+    stub.add_argument("--port", type=int, default=8000)
+    stub.add_argument("--token-delay", type=float, default=0.05,
+                      help="seconds between streamed tokens (default 0.05)")
+    stub.add_argument("--max-streams", type=int, default=256,
+                      help="concurrent streams before answering 429 (default 256)")
+    stub.add_argument("--tls-cert", help="PEM certificate chain: serve HTTPS")
+    stub.add_argument("--tls-key", help="PEM private key (mode 0600) for --tls-cert")
+    stub.add_argument("--log-level", default="info")
+
     version = _add(sub, "version", "tunneler.cli:cmd_version", "print the version")
     version.add_argument("--json", action="store_true")
     return parser

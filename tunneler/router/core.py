@@ -1,0 +1,191 @@
+"""The router's sans-IO core: channel lifecycle, hello validation, frame dispatch, timers.
+
+The adapter calls `open_channel()` after the TLS handshake, `receive()` with every read,
+`tick()` a few times a second, `sweep()` every few seconds, `channel_lost()` when a transport
+goes away, `set_congested()` from the transport's pause/resume-writing callbacks, and `flush()`
+after each of these so that every touched channel gets one write. Authentication (hello): the
+API session named by header 1002 must exist and list the SHA-1 fingerprint of the client
+certificate presented in the TLS handshake.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+from collections.abc import Callable
+
+from tunneler.channel.connection import (
+    ChannelEvent,
+    MessageReceived,
+    ProtocolViolation,
+    ReplyReceived,
+    ReplyTimedOut,
+)
+from tunneler.channel.message import MAX_HEADERS_LEN, Message
+from tunneler.edge import messages as e
+from tunneler.errors import FrameError
+from tunneler.log import get_logger
+from tunneler.router.authority import ApiSessionInfo, RouterAuthority
+from tunneler.router.circuits import CircuitBook
+from tunneler.router.outbox import Outbox
+from tunneler.router.state import ChannelSink, RouterChannel, RouterStats
+
+MAX_BODY_LEN = 1024 * 1024
+_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+log = get_logger("router")
+
+Handler = Callable[[RouterChannel, Message, float], None]
+
+
+def hello_version(version: str) -> str:
+    """The HelloVersion header value: version|revision|build date|os|arch."""
+    machine = platform.machine().lower()
+    return "|".join((f"v{version}", "tunneler", "unknown", platform.system().lower(),
+                     _ARCH.get(machine, machine)))
+
+
+class RouterCore:
+    """Every channel of one router, and what happens when bytes arrive on them."""
+
+    def __init__(self, authority: RouterAuthority, *, version: str,
+                 max_body_len: int = MAX_BODY_LEN, rng: random.Random | None = None) -> None:
+        self._authority = authority
+        self._max_body_len = max_body_len
+        self._hello_version = hello_version(version)
+        self.stats = RouterStats()
+        self.outbox = Outbox()
+        self.book = CircuitBook(authority, self.outbox, self.stats, rng)
+        self.channels: dict[int, RouterChannel] = {}
+        self._next_channel_id = 1
+        self._handlers: dict[int, Handler] = {
+            e.CONTENT_TYPE_CONNECT: self.book.connect,
+            e.CONTENT_TYPE_BIND: self.book.bind,
+            e.CONTENT_TYPE_UNBIND: self.book.unbind,
+            e.CONTENT_TYPE_DATA: self.book.data,
+            e.CONTENT_TYPE_STATE_CLOSED: self.book.state_closed,
+            e.CONTENT_TYPE_DIAL_SUCCESS: self.book.late_dial_answer,
+            e.CONTENT_TYPE_DIAL_FAILED: self.book.late_dial_answer,
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def open_channel(self, sink: ChannelSink, fingerprint: str, peer: str) -> RouterChannel:
+        """A TLS handshake completed; the channel now waits for its hello."""
+        ch = RouterChannel(self._next_channel_id, sink, fingerprint, peer,
+                           max_body_len=self._max_body_len)
+        self._next_channel_id += 1
+        self.channels[ch.id] = ch
+        self.stats.channels_active += 1
+        return ch
+
+    def channel_lost(self, ch: RouterChannel) -> None:
+        """The transport under `ch` is gone: close its circuits, drop its terminators."""
+        if self.channels.pop(ch.id, None) is None:
+            return
+        ch.closing = "lost"
+        self.stats.channels_active -= 1
+        self.book.channel_lost(ch)
+        self.outbox.forget(ch)
+        self.outbox.dirty.discard(ch)
+        log.info("router.channel_closed", channel=ch.id, identity=ch.identity_name)
+
+    def close_channel(self, ch: RouterChannel, reason: str) -> None:
+        """Abort a channel (the adapter will report `channel_lost` when the transport is gone)."""
+        log.warning("router.channel_aborted", channel=ch.id, identity=ch.identity_name,
+                    reason=reason)
+        self.outbox.close(ch, abort=True)
+
+    def flush(self) -> None:
+        """Write every touched channel's output."""
+        self.outbox.flush()
+
+    def set_congested(self, ch: RouterChannel, congested: bool) -> None:
+        """The transport of `ch` crossed its high (True) or low (False) water mark."""
+        self.outbox.set_congested(ch, congested)
+
+    # -- receiving -------------------------------------------------------------------------------
+    def receive(self, ch: RouterChannel, data: bytes | bytearray | memoryview, now: float) -> None:
+        """Bytes arrived on `ch`."""
+        if ch.closing is not None:
+            return
+        ch.splitter.feed(data)
+        try:
+            while ch.closing is None and (item := ch.splitter.next_frame()) is not None:
+                content_type, frame = item
+                if (content_type == e.CONTENT_TYPE_DATA and ch.api_session is not None
+                        and self.book.relay_raw(ch, frame)):
+                    continue
+                self._dispatch(ch, ch.conn.receive_data(frame), now)
+        except FrameError as exc:
+            self.stats.protocol_violations += 1
+            self.close_channel(ch, str(exc))
+        except Exception:  # a bug must cost one channel, never the router
+            log.exception("router.message_failed", channel=ch.id)
+            self.close_channel(ch, "internal error")
+
+    def _dispatch(self, ch: RouterChannel, events: list[ChannelEvent], now: float) -> None:
+        for event in events:
+            if isinstance(event, MessageReceived):
+                self._on_message(ch, event.message, now)
+            elif isinstance(event, ReplyReceived):
+                self.book.dial_answered(ch, event.request_sequence, event.message)
+            elif isinstance(event, ReplyTimedOut):
+                self.book.dial_timed_out(ch, event.request_sequence)
+            elif isinstance(event, ProtocolViolation):
+                self.stats.protocol_violations += 1
+                self.close_channel(ch, event.reason)
+        if ch.conn.pending_output:
+            self.outbox.dirty.add(ch)
+
+    def _on_message(self, ch: RouterChannel, message: Message, now: float) -> None:
+        if ch.api_session is None:
+            self._on_hello(ch, message)
+            return
+        handler = self._handlers.get(message.content_type)
+        if handler is not None:
+            handler(ch, message, now)
+        else:
+            log.debug("router.message_ignored", channel=ch.id, content_type=message.content_type)
+
+    def _on_hello(self, ch: RouterChannel, hello: Message) -> None:
+        api, reason, label = self._check_hello(ch, hello)
+        if api is None:
+            self.stats.hello_failures[label] += 1
+            log.warning("router.hello_rejected", channel=ch.id, peer=ch.peer, reason=label)
+            self.outbox.dirty.add(ch)
+            ch.conn.send_result(hello, False, reason)
+            self.outbox.close(ch)
+            return
+        ch.api_session = api
+        ch.splitter.max_headers_len = MAX_HEADERS_LEN
+        ch.splitter.max_body_len = self._max_body_len
+        self.outbox.dirty.add(ch)
+        ch.conn.send_result(hello, True, version=self._hello_version)
+        log.info("router.channel_accepted", channel=ch.id, peer=ch.peer,
+                 identity=api.identity_name)
+
+    def _check_hello(self, ch: RouterChannel,
+                     hello: Message) -> tuple[ApiSessionInfo | None, str, str]:
+        token = hello.get_str(e.SESSION_TOKEN_HEADER)
+        if not token:
+            return None, "no api session token in hello", "missing_token"
+        api = self._authority.api_session_by_token(token)
+        if api is None:
+            return None, "invalid api session", "invalid_api_session"
+        if ch.fingerprint not in api.cert_fingerprints:
+            return None, "client certificate does not belong to the api session", "cert_mismatch"
+        return api, "", ""
+
+    # -- time ------------------------------------------------------------------------------------
+    def tick(self, now: float) -> None:
+        """Expire Dial requests whose host did not answer in time."""
+        for ch in [ch for ch in self.channels.values() if ch.pending_dials]:
+            self._dispatch(ch, ch.conn.handle_timer(now), now)
+
+    def sweep(self) -> None:
+        """Re-check API sessions, sessions and policy; close what is no longer allowed."""
+        for ch in list(self.channels.values()):
+            api = ch.api_session
+            if api is not None and ch.closing is None and (
+                    self._authority.api_session_by_token(api.token) is None):
+                self.close_channel(ch, "api session no longer valid")
+        self.book.sweep()

@@ -1,0 +1,213 @@
+"""The embedded edge router's asyncio adapter: TLS listener, channel protocols, timers.
+
+One `asyncio.Protocol` per channel shuttles bytes between its transport and the sans-IO
+`RouterCore`; after each read it flushes, so every destination channel gets one coalesced
+write per read. Accepting is a loop of its own so that at most `MAX_PENDING` connections can be
+in the TLS handshake or waiting for their hello at once (each bounded by an absolute deadline:
+`HANDSHAKE_TIMEOUT`, then `HELLO_TIMEOUT`); over the cap, new connections are closed at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import ssl
+from collections.abc import Coroutine
+from typing import Any, cast
+
+import tunneler
+from tunneler.log import get_logger
+from tunneler.router.authority import RouterAuthority
+from tunneler.router.core import RouterCore
+from tunneler.router.state import RouterChannel, RouterStats
+
+HANDSHAKE_TIMEOUT = 10.0
+HELLO_TIMEOUT = 5.0
+MAX_PENDING = 64
+TICK_INTERVAL = 0.5
+SWEEP_INTERVAL = 5.0
+WRITE_HIGH_WATER = 1024 * 1024
+WRITE_LOW_WATER = 256 * 1024
+
+log = get_logger("router")
+
+
+class EdgeRouter:
+    """An OpenZiti-compatible edge router for SDK channels (dial and host)."""
+
+    def __init__(self, authority: RouterAuthority, ssl_context: ssl.SSLContext, *,
+                 name: str, version: str = tunneler.__version__) -> None:
+        self.name = name
+        self._ssl = ssl_context
+        self.core = RouterCore(authority, version=version)
+        self._listener: socket.socket | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._protocols: set[_ChannelProtocol] = set()
+        self.pending = 0  # connections in the TLS handshake or waiting for their hello
+
+    @property
+    def stats(self) -> RouterStats:
+        """Counters for metrics."""
+        return self.core.stats
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful after `start(host, 0)`)."""
+        if self._listener is None:
+            raise RuntimeError("router not started")
+        return cast(int, self._listener.getsockname()[1])
+
+    async def start(self, host: str, port: int) -> None:
+        """Listen on host:port and serve until `close()`."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, port), family=family, backlog=1024)
+        self._listener.setblocking(False)
+        self._spawn(self._accept_loop(self._listener))
+        self._spawn(self._timer_loop())
+        log.info("router.started", name=self.name, host=host, port=self.port)
+
+    async def close(self) -> None:
+        """Stop accepting, close every channel, wait for the background tasks."""
+        if self._listener is not None:
+            self._listener.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for protocol in list(self._protocols):
+            protocol.close(abort=True)
+        await asyncio.sleep(0)
+        log.info("router.stopped", name=self.name)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _address = await loop.sock_accept(listener)
+            except OSError as exc:  # EMFILE and friends: back off, keep serving
+                log.warning("router.accept_failed", error=str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            if self.pending >= MAX_PENDING:
+                self.stats.handshakes_refused += 1
+                sock.close()
+                continue
+            self.pending += 1
+            self._spawn(self._handshake(sock))
+
+    async def _handshake(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        protocol = _ChannelProtocol(self)
+        try:
+            await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._ssl,
+                                               ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+        except (OSError, ssl.SSLError, TimeoutError, EOFError) as exc:
+            self.stats.handshake_failures += 1
+            log.debug("router.handshake_failed", error=str(exc) or type(exc).__name__)
+            protocol.release_slot()
+
+    async def _timer_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + SWEEP_INTERVAL
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            now = loop.time()
+            self.core.tick(now)
+            if now >= next_sweep:
+                next_sweep = now + SWEEP_INTERVAL
+                self.core.sweep()
+            self.core.flush()
+
+
+class _ChannelProtocol(asyncio.Protocol):
+    """The transport side of one channel (also its `ChannelSink`)."""
+
+    def __init__(self, router: EdgeRouter) -> None:
+        self._router = router
+        self._core = router.core
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._channel: RouterChannel | None = None
+        self._holds_slot = True
+        self._hello_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks -------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        if not der:  # CERT_REQUIRED makes this unreachable; refuse rather than trust
+            self._transport.abort()
+            return
+        peer = transport.get_extra_info("peername")
+        self._channel = self._core.open_channel(self, hashlib.sha1(der).hexdigest(), str(peer))
+        self._router._protocols.add(self)
+        self._hello_timer = self._loop.call_later(HELLO_TIMEOUT, self._hello_expired)
+
+    def data_received(self, data: bytes) -> None:
+        channel = self._channel
+        if channel is None:
+            return
+        self._core.receive(channel, data, self._loop.time())
+        if self._holds_slot and (channel.api_session is not None or channel.closing):
+            self.release_slot()
+        self._core.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.release_slot()
+        self._router._protocols.discard(self)
+        if self._channel is not None:
+            self._core.channel_lost(self._channel)
+            self._core.flush()
+
+    def pause_writing(self) -> None:
+        if self._channel is not None:
+            self._core.set_congested(self._channel, True)
+
+    def resume_writing(self) -> None:
+        if self._channel is not None:
+            self._core.set_congested(self._channel, False)
+
+    # -- ChannelSink -------------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self, *, abort: bool = False) -> None:
+        if self._transport is None:
+            return
+        if abort:
+            self._transport.abort()
+        elif not self._transport.is_closing():
+            self._transport.close()
+
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
+    # -- slots and the hello deadline --------------------------------------------------------------
+    def release_slot(self) -> None:
+        """Stop counting this connection as pending (authenticated, refused or gone)."""
+        if self._holds_slot:
+            self._holds_slot = False
+            self._router.pending -= 1
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+
+    def _hello_expired(self) -> None:
+        self._hello_timer = None
+        if self._channel is not None and self._channel.api_session is None:
+            self._core.stats.hello_failures["timeout"] += 1
+            log.warning("router.hello_rejected", channel=self._channel.id, reason="timeout")
+            self.close(abort=True)

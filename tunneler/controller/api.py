@@ -28,6 +28,7 @@ from tunneler.controller.apierrors import (
     not_found,
     unauthorized,
 )
+from tunneler.controller.csr import load_csr
 from tunneler.controller.models import ApiSession, Identity, iso_time
 from tunneler.controller.paging import page, parse_name_filter, wanted_config_types
 from tunneler.controller.store import Store
@@ -179,7 +180,7 @@ class ControllerApi:
         token = request.query.get("token", "")
         csr_pem = await request.read()
         try:
-            csr = pki.load_csr(csr_pem)
+            csr = load_csr(csr_pem)
             if not token:
                 raise EnrollmentError("missing enrollment token")
             identity, cert = self._store.consume_enrollment(token, lambda ident: self._issue(

@@ -27,7 +27,6 @@ from tunneler.errors import ConfigError, EnrollmentError
 CA_DAYS = 3650
 SERVER_DAYS = 3650
 CLIENT_DAYS = 365
-MAX_CSR_BYTES = 65536
 _BACKDATE = datetime.timedelta(minutes=5)
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -127,28 +126,6 @@ def issue_server_cert(hostname: str, ca_cert: x509.Certificate, ca_key: PrivateK
         .sign(ca_key, hashes.SHA256())
     )
     return cert, key
-
-
-def load_csr(pem: bytes) -> x509.CertificateSigningRequest:
-    """Parse and check a PEM CSR (size, syntax, self-signature, key type).
-
-    Raises:
-        EnrollmentError: the CSR is unusable.
-    """
-    if len(pem) > MAX_CSR_BYTES:
-        raise EnrollmentError("CSR too large")
-    try:
-        csr = x509.load_pem_x509_csr(pem)
-    except ValueError as exc:
-        raise EnrollmentError("CSR is not a valid PEM certificate request") from exc
-    if not csr.is_signature_valid:
-        raise EnrollmentError("CSR signature does not verify")
-    key = csr.public_key()
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048:
-        return csr
-    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size >= 256:
-        return csr
-    raise EnrollmentError("CSR key must be RSA >= 2048 or EC >= P-256")
 
 
 def issue_client_cert(csr: x509.CertificateSigningRequest, identity_id: str, trust_domain: str,

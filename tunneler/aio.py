@@ -1,0 +1,73 @@
+"""Event loop helpers for the long-running commands: uvloop runner and signal handling.
+
+`run(main)` runs `main(stop)` on uvloop when it is installed; the first SIGTERM/SIGINT sets
+`stop` (graceful shutdown is `main`'s job), a second one cancels `main` (forced exit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from tunneler.log import get_logger
+
+log = get_logger("aio")
+
+MainFunction = Callable[[asyncio.Event], Awaitable[int]]
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(main: MainFunction) -> int:
+    """Run `main(stop_event)` to completion and return its exit code (130 if forced)."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        try:
+            return runner.run(_with_signals(main))
+        except asyncio.CancelledError:
+            return 130
+
+
+async def _with_signals(main: MainFunction) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    task = asyncio.current_task()
+    assert task is not None
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            log.info("process.stop_requested", signal=signal.Signals(signum).name)
+            stop.set()
+        else:
+            log.warning("process.stop_forced", signal=signal.Signals(signum).name)
+            task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        return await main(stop)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+async def wait_stopped(stop: asyncio.Event, *tasks: asyncio.Future[Any]) -> None:
+    """Until `stop` is set or one of `tasks` finishes (its exception propagates)."""
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    for task in done:
+        if task is not waiter:
+            task.result()

@@ -1,0 +1,235 @@
+"""Local socket ↔ edge connection bridges: TCP with half-close and backpressure, UDP per flow.
+
+`StreamBridge` is the asyncio Protocol of a local TCP socket. It keeps the socket's reading
+paused until the edge connection is up, relays bytes both ways, maps local EOF to an edge FIN
+and an edge FIN to `write_eof()`, pauses the channel when the local socket cannot take more,
+and resets the local socket (SO_LINGER 0) when the circuit ends abnormally.
+
+`DatagramBridge` carries one UDP flow: one datagram per Data message, ended after `idle`
+seconds without traffic in either direction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import Callable
+
+from tunneler.client.conn import EdgeConnection
+from tunneler.errors import DialError
+from tunneler.log import get_logger
+
+log = get_logger("bridge")
+
+LOCAL_HIGH_WATER = 1024 * 1024
+LOCAL_LOW_WATER = 256 * 1024
+UDP_IDLE_TIMEOUT = 30.0
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Close a TCP transport with RST (SO_LINGER 0), never a clean FIN."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
+
+
+class StreamBridge(asyncio.Protocol):
+    """A local TCP connection bridged to an edge connection."""
+
+    def __init__(self, on_made: Callable[[StreamBridge], None] | None = None) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.conn: EdgeConnection | None = None
+        self._on_made = on_made
+        self._on_lost: Callable[[], object] | None = None
+        self._link_writable = True
+        self._reading = False
+        self._local_eof = False
+        self._paused_link = False
+        self.done = False
+
+    # -- local side (asyncio.Protocol) -----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.pause_reading()
+        transport.set_write_buffer_limits(LOCAL_HIGH_WATER, LOCAL_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._on_made is not None:
+            self._on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.write(data)
+
+    def eof_received(self) -> bool:
+        self._local_eof = True
+        if self.conn is not None:
+            self.conn.write_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.done = True
+        self._release_link()
+        if self.conn is not None:
+            self.conn.close()
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def pause_writing(self) -> None:
+        if self.conn is not None and not self._paused_link:
+            self._paused_link = True
+            self.conn.link.pause_reading_for(self)
+
+    def resume_writing(self) -> None:
+        self._release_link()
+
+    def _release_link(self) -> None:
+        if self._paused_link and self.conn is not None:
+            self._paused_link = False
+            self.conn.link.resume_reading_for(self)
+
+    def on_lost(self, callback: Callable[[], object]) -> None:
+        """Call `callback` when the local socket goes away (e.g. to cancel a pending dial)."""
+        self._on_lost = callback
+
+    def _update_reading(self) -> None:
+        want = self.conn is not None and self._link_writable and not self._local_eof
+        if self.transport is None or self.done or want == self._reading:
+            return
+        self._reading = want
+        if want:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
+
+    # -- edge side (EdgeSink) -------------------------------------------------------------
+    def edge_connected(self, conn: EdgeConnection) -> None:
+        self.conn = conn
+        if self.done:
+            conn.close()
+            return
+        self._update_reading()
+
+    def edge_data(self, data: bytes) -> None:
+        if self.transport is not None and not self.done:
+            self.transport.write(data)
+
+    def edge_eof(self) -> None:
+        if self.transport is not None and not self.done and self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    def edge_closed(self, abrupt: bool) -> None:
+        self._release_link()
+        if self.transport is None or self.done:
+            return
+        self.done = True
+        if abrupt:
+            reset(self.transport)
+        else:
+            self.transport.close()
+
+    def set_link_writable(self, writable: bool) -> None:
+        self._link_writable = writable
+        self._update_reading()
+
+
+async def connect_stream(host: str, port: int, timeout: float) -> StreamBridge:
+    """Connect a local TCP target for a host-side flow.
+
+    Raises:
+        DialError: unreachable within `timeout`, with the reason for DialFailed.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            _, bridge = await loop.create_connection(StreamBridge, host, port)
+    except TimeoutError:
+        raise DialError(f"connect to tcp:{host}:{port} timed out after {timeout:g}s") from None
+    except OSError as exc:
+        raise DialError(f"connect to tcp:{host}:{port} failed: {exc.strerror or exc}") from None
+    return bridge
+
+
+class DatagramBridge(asyncio.DatagramProtocol):
+    """A connected UDP socket carrying one flow; one datagram per Data message."""
+
+    def __init__(self, idle_timeout: float = UDP_IDLE_TIMEOUT) -> None:
+        self.transport: asyncio.DatagramTransport | None = None
+        self.conn: EdgeConnection | None = None
+        self._idle_timeout = idle_timeout
+        self._last_activity = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+        if self.conn is not None:
+            self._touch()
+            self.conn.write(data)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("bridge.udp_error_received", error=str(exc))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.done = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.conn is not None:
+            self.conn.close()
+
+    def _touch(self) -> None:
+        self._last_activity = asyncio.get_running_loop().time()
+
+    def _check_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        remaining = self._last_activity + self._idle_timeout - loop.time()
+        if remaining > 0:
+            self._timer = loop.call_later(remaining, self._check_idle)
+        elif self.transport is not None:
+            log.debug("bridge.udp_flow_expired")
+            self.transport.close()
+
+    def edge_connected(self, conn: EdgeConnection) -> None:
+        self.conn = conn
+        self._touch()
+        self._timer = asyncio.get_running_loop().call_later(self._idle_timeout, self._check_idle)
+
+    def edge_data(self, data: bytes) -> None:
+        if self.transport is not None and not self.done:
+            self._touch()
+            self.transport.sendto(data)
+
+    def edge_eof(self) -> None:
+        """UDP has no half-close; the flow ends by idle timeout or StateClosed."""
+
+    def edge_closed(self, abrupt: bool) -> None:
+        if self.transport is not None and not self.done:
+            self.done = True
+            self.transport.close()
+
+    def set_link_writable(self, writable: bool) -> None:
+        """Datagrams are dropped, not queued, under pressure: nothing to pause."""
+
+
+async def connect_datagram(host: str, port: int) -> DatagramBridge:
+    """A connected UDP socket to a host-side target.
+
+    Raises:
+        DialError: the address cannot be resolved or used.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        _, bridge = await loop.create_datagram_endpoint(DatagramBridge, remote_addr=(host, port))
+    except OSError as exc:
+        raise DialError(f"udp:{host}:{port}: {exc.strerror or exc}") from None
+    return bridge

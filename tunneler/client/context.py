@@ -1,0 +1,338 @@
+"""An identity's client context: controller session, services, router links, dials and binds.
+
+`ZitiContext` authenticates, keeps the service list fresh (polling `lastChangeAt`), shares one
+`RouterLink` per edge router among all connections (lazily connected, the lowest-latency
+connected one preferred, else the first to finish its hello), caches Dial sessions per service
+(dropped when a router says "Invalid Session") and keeps each bound service bound across
+router and controller restarts, with backoff and jitter per router and per binding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import random
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunneler.client.backoff import Backoff
+from tunneler.client.conn import DIAL_TIMEOUT, EdgeConnection, EdgeSink, InvalidSessionError, dial
+from tunneler.client.ctrl import ControllerClient, EdgeRouterRef, ServiceInfo, SessionRef
+from tunneler.client.link import RouterLink
+from tunneler.client.listener import BindOptions, DialHandler, EdgeListener
+from tunneler.client.services import ServiceChanges, diff_services
+from tunneler.edge.appdata import encode_app_data
+from tunneler.errors import ControllerError, DialError
+from tunneler.identity import Identity, load_identity
+from tunneler.log import get_logger
+
+log = get_logger("context")
+
+REFRESH_INTERVAL = 60.0
+MAX_DIAL_ATTEMPTS = 3
+ServiceListener = Callable[[ServiceChanges], None]
+
+
+class ZitiContext:
+    """Everything one identity needs to dial and host services."""
+
+    def __init__(self, identity: Identity | str | Path, *,
+                 refresh_interval: float = REFRESH_INTERVAL,
+                 rng: random.Random | None = None) -> None:
+        self.identity = identity if isinstance(identity, Identity) else load_identity(identity)
+        self.ctrl = ControllerClient(self.identity)
+        self.services: dict[str, ServiceInfo] = {}
+        self._refresh_interval = refresh_interval
+        self._rng = rng or random.Random()
+        self._ssl = self.identity.client_ssl_context()
+        self._conn_ids = itertools.count()
+        self._link_index = itertools.count()
+        self._links: dict[str, RouterLink] = {}
+        self._connecting: dict[str, asyncio.Task[RouterLink]] = {}
+        self._router_backoff: dict[str, Backoff] = {}
+        self._router_retry_at: dict[str, float] = {}
+        self._routers: list[EdgeRouterRef] = []
+        self._dial_sessions: dict[str, SessionRef] = {}
+        self._listeners: list[ServiceListener] = []
+        self._last_change: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def name(self) -> str:
+        """Our identity name (from the API session), else the certificate's CN."""
+        session = self.ctrl.api_session
+        return session.identity_name if session and session.identity_name else \
+            self.identity.name_hint
+
+    def next_conn_id(self) -> int:
+        """One ConnId counter per context, unique across all links (§3.3)."""
+        return next(self._conn_ids) & 0x7FFFFFFF
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Authenticate, list routers and services, start the refresh loop.
+
+        Raises:
+            ControllerError: the controller is unreachable or refused us.
+        """
+        await self.ctrl.authenticate()
+        self._routers = await self.ctrl.edge_routers()
+        await self.refresh_services()
+        self.spawn(self._run_refresh())
+
+    async def start_retrying(self, stop: asyncio.Event) -> bool:
+        """`start()`, retried with backoff while the controller is unreachable.
+
+        Returns:
+            True once started; False if `stop` was set first.
+        """
+        backoff = Backoff(rng=self._rng)
+        while not stop.is_set():
+            try:
+                await self.start()
+                return True
+            except ControllerError as exc:
+                delay = backoff.failed()
+                log.warning("context.start_failed", identity=self.identity.name_hint,
+                            error=str(exc), retry_in=round(delay, 2))
+            try:
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+        return False
+
+    async def close(self) -> None:
+        """Stop tasks, close links and the controller client."""
+        for task in list(self._tasks) + list(self._connecting.values()):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._connecting.values(), return_exceptions=True)
+        for link in list(self._links.values()):
+            link.close()
+        self._links.clear()
+        await self.ctrl.close()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run a background task owned by this context (cancelled by `close()`)."""
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- services --------------------------------------------------------------------------
+    def subscribe(self, listener: ServiceListener) -> None:
+        """Call `listener(changes)` after every refresh that changed something."""
+        self._listeners.append(listener)
+
+    async def refresh_services(self) -> ServiceChanges | None:
+        """Re-read the service list if `lastChangeAt` moved; notify subscribers of changes."""
+        last_change = await self.ctrl.service_updates()
+        if last_change is not None and last_change == self._last_change:
+            return None
+        fresh = {service.name: service for service in await self.ctrl.services()}
+        changes = diff_services(self.services, fresh)
+        self.services, self._last_change = fresh, last_change
+        for service in changes.changed + changes.removed:
+            self._dial_sessions.pop(service.id, None)
+        if changes:
+            log.info("context.services_changed", identity=self.name, added=len(changes.added),
+                     changed=len(changes.changed), removed=len(changes.removed))
+            for listener in list(self._listeners):
+                listener(changes)
+        return changes
+
+    async def _run_refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_interval)
+            try:
+                await self._refresh_api_session()
+                await self.refresh_services()
+            except ControllerError as exc:
+                log.warning("context.refresh_failed", identity=self.name, error=str(exc))
+
+    async def _refresh_api_session(self) -> None:
+        session = self.ctrl.api_session
+        if session is None or session.expires_at is None:
+            return
+        left = (session.expires_at - datetime.datetime.now(datetime.UTC)).total_seconds()
+        if left < 3 * self._refresh_interval:
+            await self.ctrl.refresh_api_session()
+
+    async def service(self, name: str) -> ServiceInfo:
+        """A service by name (refreshing the list once if unknown).
+
+        Raises:
+            DialError: no such service for this identity.
+        """
+        if name not in self.services:
+            self._last_change = None
+            await self.refresh_services()
+        try:
+            return self.services[name]
+        except KeyError:
+            raise DialError(f"service {name!r} is not available to {self.name}") from None
+
+    # -- router links ----------------------------------------------------------------------
+    async def link_for(self, routers: Sequence[EdgeRouterRef]) -> RouterLink:
+        """The best link to one of `routers`: a connected one, else the first to connect.
+
+        Raises:
+            DialError: none of them can be reached now.
+        """
+        routers = list(routers) or self._routers
+        live = [self._links[r.url] for r in routers if r.url in self._links]
+        if live:
+            return min(live, key=lambda link: float("inf") if link.latency is None
+                       else link.latency)
+        tasks = [task for r in routers if (task := self._connect(r.url)) is not None]
+        errors: list[str] = []
+        while tasks:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.cancelled():
+                    errors.append("cancelled")
+                elif (exc := task.exception()) is not None:
+                    errors.append(str(exc))
+                else:
+                    return task.result()
+            tasks = list(pending)
+        raise DialError("no edge router reachable: " + ("; ".join(errors) or "none listed"))
+
+    def _connect(self, url: str) -> asyncio.Task[RouterLink] | None:
+        task = self._connecting.get(url)
+        if task is not None:
+            return task
+        if asyncio.get_running_loop().time() < self._router_retry_at.get(url, 0.0):
+            return None
+        task = asyncio.get_running_loop().create_task(self._open_link(url))
+        self._connecting[url] = task
+        task.add_done_callback(lambda _t: self._connecting.pop(url, None))
+        return task
+
+    async def _open_link(self, url: str) -> RouterLink:
+        backoff = self._router_backoff.setdefault(url, Backoff(rng=self._rng))
+        loop = asyncio.get_running_loop()
+        if self.ctrl.api_session is None:
+            await self.ctrl.authenticate()
+        assert self.ctrl.api_session is not None
+        try:
+            link = await RouterLink.open(url, self._ssl, self.ctrl.api_session.token,
+                                         index=next(self._link_index),
+                                         on_closed=self._link_closed)
+        except (OSError, TimeoutError, DialError) as exc:
+            self._router_retry_at[url] = loop.time() + backoff.failed()
+            log.warning("context.router_unreachable", router=url, error=str(exc) or repr(exc))
+            raise DialError(f"{url}: {exc or 'timed out'}") from None
+        backoff.connected(loop.time())
+        self._links[url] = link
+        return link
+
+    def _link_closed(self, link: RouterLink) -> None:
+        if self._links.get(link.url) is link:
+            del self._links[link.url]
+            backoff = self._router_backoff.setdefault(link.url, Backoff(rng=self._rng))
+            loop = asyncio.get_running_loop()
+            self._router_retry_at[link.url] = loop.time() + backoff.lost(loop.time())
+
+    # -- dial ------------------------------------------------------------------------------
+    async def dial(self, service_name: str, sink: EdgeSink, *,
+                   app_data: dict[str, str | int | None] | None = None,
+                   timeout: float = DIAL_TIMEOUT) -> EdgeConnection:
+        """Open a connection to a service; `sink` receives its data.
+
+        Raises:
+            DialError: refused, unreachable or timed out (the reason says which).
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._dial(service_name, sink, app_data, timeout)
+        except TimeoutError:
+            raise DialError(f"dial {service_name!r} timed out after {timeout:g}s") from None
+        except ControllerError as exc:
+            raise DialError(f"dial {service_name!r}: controller: {exc}") from None
+
+    async def _dial(self, service_name: str, sink: EdgeSink,
+                    app_data: dict[str, str | int | None] | None,
+                    timeout: float) -> EdgeConnection:
+        service = await self.service(service_name)
+        if "Dial" not in service.permissions:
+            raise DialError(f"{self.name} may not dial service {service_name!r}")
+        encoded = None if app_data is None else encode_app_data(app_data)
+        for _attempt in range(MAX_DIAL_ATTEMPTS):
+            session = self._dial_sessions.get(service.id)
+            if session is None:
+                session = await self.ctrl.create_session(service.id, "Dial")
+                self._dial_sessions[service.id] = session
+            link = await self.link_for(session.edge_routers)
+            try:
+                return await dial(link, self.next_conn_id(), session.token, self.name, sink,
+                                  encrypted=service.encryption_required, app_data=encoded,
+                                  timeout=timeout)
+            except InvalidSessionError:
+                log.info("context.dial_session_rejected", service=service_name)
+                self._dial_sessions.pop(service.id, None)
+        raise DialError(f"service {service_name!r} unavailable: session rejected "
+                        f"{MAX_DIAL_ATTEMPTS} times")
+
+    # -- bind ------------------------------------------------------------------------------
+    def bind(self, service: ServiceInfo, on_dial: DialHandler,
+             options: BindOptions | None = None) -> Binding:
+        """Host `service`: keep it bound (re-binding after losses) until `Binding.stop()`."""
+        binding = Binding(self, service, on_dial, options or BindOptions())
+        binding.task = self.spawn(binding.run())
+        return binding
+
+
+@dataclass
+class Binding:
+    """A service kept bound by a background task."""
+
+    context: ZitiContext
+    service: ServiceInfo
+    on_dial: DialHandler
+    options: BindOptions
+    task: asyncio.Task[None] | None = None
+    listener: EdgeListener | None = None
+
+    async def run(self) -> None:
+        """Bind, wait for loss, back off, bind again."""
+        ctx = self.context
+        backoff = Backoff(rng=ctx._rng)
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._bind_once()
+            except (DialError, ControllerError, OSError, TimeoutError) as exc:
+                delay = backoff.failed()
+                log.warning("host.bind_failed", service=self.service.name, error=str(exc),
+                            retry_in=round(delay, 2))
+            else:
+                backoff.connected(loop.time())
+                log.info("host.service_bound", service=self.service.name, identity=ctx.name)
+                assert self.listener is not None
+                await self.listener.wait_closed()
+                delay = backoff.lost(loop.time())
+                log.warning("host.service_unbound", service=self.service.name,
+                            retry_in=round(delay, 2))
+            await asyncio.sleep(delay)
+
+    async def _bind_once(self) -> None:
+        ctx = self.context
+        session = await ctx.ctrl.create_session(self.service.id, "Bind")
+        link = await ctx.link_for(session.edge_routers)
+        self.listener = EdgeListener(link, ctx.next_conn_id(), session.token, ctx.name,
+                                     self.on_dial, ctx.next_conn_id,
+                                     encrypted=self.service.encryption_required,
+                                     options=self.options)
+        await self.listener.bind()
+
+    async def stop(self) -> None:
+        """Unbind and stop re-binding."""
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        if self.listener is not None:
+            self.listener.unbind()

@@ -1,0 +1,163 @@
+"""`tunneler run-host`: bind every service this identity hosts and connect each flow to its target.
+
+For each service with Bind permission and a `host.v1` (or legacy `ziti-tunneler-server.v1`)
+config, keep a bind on an edge router; for every incoming dial choose the target from the
+config and the dialer's app data (`client.targets`), connect it within
+`listenOptions.connectTimeoutSeconds`, and answer DialSuccess only once that worked (DialFailed
+with the reason otherwise). Only outbound connections are made. Services appearing, changing
+or disappearing in the controller are bound, re-bound or unbound on the next refresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+from tunneler import aio
+from tunneler.client.bridge import connect_datagram, connect_stream
+from tunneler.client.conn import EdgeSink
+from tunneler.client.context import Binding, ZitiContext
+from tunneler.client.ctrl import ServiceInfo
+from tunneler.client.listener import BindOptions, DialHandler, IncomingDial
+from tunneler.client.services import ServiceChanges
+from tunneler.client.targets import select_target
+from tunneler.configs import (
+    HOST_V1,
+    PRECEDENCES,
+    TUNNELER_SERVER_V1,
+    HostV1,
+    ListenOptions,
+    parse_host,
+    parse_tunneler_server,
+)
+from tunneler.errors import ConfigError
+from tunneler.log import get_logger
+
+log = get_logger("host")
+
+SHUTDOWN_TIMEOUT = 10.0
+DEFAULT_CONNECT_TIMEOUT = 5
+
+
+def cmd_run_host(args: argparse.Namespace) -> int:
+    """Entry point of `tunneler run-host`."""
+    paths = identity_paths(args.identity, args.identity_dir)
+    return aio.run(lambda stop: run_host(paths, stop))
+
+
+def identity_paths(files: Sequence[str], directory: str | None) -> list[Path]:
+    """The identity files named on the command line and found in `directory`.
+
+    Raises:
+        ConfigError: none given, or the directory does not exist.
+    """
+    paths = [Path(f) for f in files]
+    if directory is not None:
+        folder = Path(directory)
+        if not folder.is_dir():
+            raise ConfigError(f"--identity-dir {directory}: not a directory")
+        paths.extend(sorted(folder.glob("*.json")))
+    if not paths:
+        raise ConfigError("no identity: pass --identity FILE or --identity-dir DIR")
+    return paths
+
+
+async def run_host(paths: Sequence[Path], stop: asyncio.Event) -> int:
+    """Host services for every identity until `stop` is set; then unbind."""
+    hosts = [ServiceHost(ZitiContext(path)) for path in paths]
+    try:
+        for host in hosts:
+            if not await host.ctx.start_retrying(stop):
+                return 0
+            host.start()
+        await stop.wait()
+    finally:
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+            await asyncio.gather(*(host.close() for host in hosts), return_exceptions=True)
+    log.info("host.stopped")
+    return 0
+
+
+class ServiceHost:
+    """Keeps one identity's hostable services bound."""
+
+    def __init__(self, ctx: ZitiContext) -> None:
+        self.ctx = ctx
+        self.bindings: dict[str, Binding] = {}
+
+    def start(self) -> None:
+        """Bind what is hostable now and follow later changes."""
+        self.ctx.subscribe(self.apply)
+        self.apply(ServiceChanges(added=tuple(self.ctx.services.values())))
+
+    def apply(self, changes: ServiceChanges) -> None:
+        """Unbind removed/changed services, bind added/changed ones."""
+        for service in changes.removed + changes.changed:
+            binding = self.bindings.pop(service.name, None)
+            if binding is not None:
+                log.info("host.service_unbinding", service=service.name)
+                self.ctx.spawn(binding.stop())
+        for service in changes.added + changes.changed:
+            self._bind(service)
+
+    def _bind(self, service: ServiceInfo) -> None:
+        if "Bind" not in service.permissions:
+            return
+        config = host_config(service)
+        if config is None:
+            log.info("host.service_skipped", service=service.name, reason="no host config")
+            return
+        self.bindings[service.name] = self.ctx.bind(
+            service, dial_handler(service.name, config), bind_options(config, self.ctx.name))
+
+    async def close(self) -> None:
+        """Unbind everything and close the context."""
+        await asyncio.gather(*(b.stop() for b in self.bindings.values()))
+        self.bindings.clear()
+        await self.ctx.close()
+
+
+def host_config(service: ServiceInfo) -> HostV1 | None:
+    """The service's host.v1 config (or converted ziti-tunneler-server.v1); None if absent/bad."""
+    try:
+        if HOST_V1 in service.configs:
+            return parse_host(service.configs[HOST_V1], f"{service.name}.{HOST_V1}")
+        if TUNNELER_SERVER_V1 in service.configs:
+            return parse_tunneler_server(service.configs[TUNNELER_SERVER_V1],
+                                         f"{service.name}.{TUNNELER_SERVER_V1}")
+    except ConfigError as exc:
+        log.warning("host.config_invalid", service=service.name, error=str(exc))
+    return None
+
+
+def bind_options(config: HostV1, identity_name: str) -> BindOptions:
+    """Cost, precedence and terminator identity from `listenOptions`."""
+    listen = config.listen_options or ListenOptions()
+    identity = listen.identity
+    if identity is not None:
+        identity = identity.replace("$tunneler_id.name", identity_name)
+    elif listen.bind_using_edge_identity:
+        identity = identity_name
+    return BindOptions(cost=listen.cost, precedence=PRECEDENCES.index(listen.precedence),
+                       terminator_identity=identity)
+
+
+def dial_handler(service_name: str, config: HostV1) -> DialHandler:
+    """Connect each incoming dial to its target (raises DialError → DialFailed)."""
+    listen = config.listen_options or ListenOptions()
+    timeout = float(listen.connect_timeout_seconds or DEFAULT_CONNECT_TIMEOUT)
+
+    async def on_dial(incoming: IncomingDial) -> EdgeSink:
+        target = select_target(config, incoming.app_data)
+        sink: EdgeSink
+        if target.protocol == "udp":
+            sink = await connect_datagram(target.host, target.port)
+        else:
+            sink = await connect_stream(target.host, target.port, timeout)
+        log.debug("host.flow_connected", service=service_name, caller=incoming.caller_id,
+                  dst=f"{target.protocol}:{target.host}:{target.port}")
+        return sink
+
+    return on_dial

@@ -37,7 +37,7 @@ DEFAULT_TOKEN_DELAY = 0.05
 MAX_TOKEN_DELAY = 60.0
 KEEPALIVE_TIMEOUT = 15.0
 TLS_HANDSHAKE_TIMEOUT = 10.0
-SHUTDOWN_GRACE = 1.0
+SHUTDOWN_GRACE = 0.25
 """Seconds running handlers get at shutdown before they are cancelled."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -1,0 +1,134 @@
+"""Apply files: the minimal example, error paths, idempotent re-apply, entities left alone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tunneler.controller import policyfile
+from tunneler.controller.store import Store
+from tunneler.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+MINIMAL = """
+identities:
+  - {name: laptop, roleAttributes: [llm-clients]}
+  - {name: llm-host, roleAttributes: [llm-hosts]}
+services:
+  - name: llm
+    encryptionRequired: true
+    roleAttributes: [llm]
+    configs:
+      intercept.v1:
+        {protocols: [tcp], addresses: [llm.private.test], portRanges: [{low: 8000, high: 8000}]}
+      host.v1: {protocol: tcp, address: 127.0.0.1, port: 8000}
+servicePolicies:
+  - {name: llm-dial, type: Dial, identityRoles: ["#llm-clients"], serviceRoles: ["@llm"]}
+  - {name: llm-bind, type: Bind, identityRoles: ["#llm-hosts"], serviceRoles: ["#llm"]}
+"""
+
+
+@pytest.fixture(name="store")
+def _store(tmp_path: Path) -> Iterator[Store]:
+    store = Store(tmp_path / "state.db")
+    yield store
+    store.close()
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "apply.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_file_applies_and_reapplies_idempotently(tmp_path: Path, store: Store) -> None:
+    spec = policyfile.load(_write(tmp_path, MINIMAL))
+    first = policyfile.apply(store, spec)
+    assert [status for _, _, status in first] == ["created"] * 5
+    changed_at = store.last_change_at()
+    second = policyfile.apply(store, policyfile.load(_write(tmp_path, MINIMAL)))
+    assert [status for _, _, status in second] == ["unchanged"] * 5
+    assert store.last_change_at() == changed_at
+    laptop, host, llm = (store.identity_by_name("laptop"), store.identity_by_name("llm-host"),
+                         store.service_by_name("llm"))
+    assert laptop and host and llm
+    assert store.is_permitted(laptop.id, llm.id, "Dial")
+    assert not store.is_permitted(laptop.id, llm.id, "Bind")
+    assert store.is_permitted(host.id, llm.id, "Bind")
+    assert llm.configs["host.v1"] == {"protocol": "tcp", "address": "127.0.0.1", "port": 8000}
+
+
+def test_entities_absent_from_the_file_are_left_alone(tmp_path: Path, store: Store) -> None:
+    policyfile.apply(store, policyfile.load(_write(tmp_path, MINIMAL)))
+    changed = policyfile.parse_document({"identities": [{"name": "laptop",
+                                                         "roleAttributes": ["other"]}]})
+    assert policyfile.apply(store, changed) == [("identity", "laptop", "updated")]
+    assert store.identity_by_name("llm-host") is not None
+    assert store.service_by_name("llm") is not None and len(store.policies()) == 2
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "policies").glob("*.yaml")))
+def test_example_policy_files_are_valid(path: Path, store: Store) -> None:
+    changes = policyfile.apply(store, policyfile.load(path))
+    assert changes and all(status == "created" for _, _, status in changes)
+
+
+def _doc() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(MINIMAL)
+    return loaded
+
+
+def _set(doc: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    target: Any = doc
+    keys = dotted.split("/")
+    for key in keys[:-1]:
+        target = target[int(key)] if isinstance(target, list) else target[key]
+    last = keys[-1]
+    target[int(last) if isinstance(target, list) else last] = value
+    return doc
+
+
+@pytest.mark.parametrize(("where", "value", "message"), [
+    ("services/0/configs/intercept.v1/portRanges/0/low", 70000,
+     "services[0].configs.intercept.v1.portRanges[0].low: must be an integer 0..65535"),
+    ("services/0/configs/host.v1/port", "80", "services[0].configs.host.v1.port: must be"),
+    ("services/0/configs/bogus.v1", {}, "services[0].configs.bogus.v1: unknown field"),
+    ("services/0/encryptionRequired", "yes", "services[0].encryptionRequired: must be true"),
+    ("servicePolicies/1/type", "Dail", "servicePolicies[1].type: must be one of Dial, Bind"),
+    ("servicePolicies/0/identityRoles/0", "llm-clients",
+     "servicePolicies[0].identityRoles[0]: must be '#attribute', '@name' or '#all'"),
+    ("servicePolicies/0/semantic", "Some", "servicePolicies[0].semantic: must be one of"),
+    ("identities/1/name", "laptop", "identities[1].name: duplicate name 'laptop'"),
+    ("identities/0/roles", ["x"], "identities[0].roles: unknown field"),
+    ("identities/0/roleAttributes", "x", "identities[0].roleAttributes: must be a list"),
+    ("identities/0/name", "", "identities[0].name: must be a non-empty string"),
+    ("services", {"name": "x"}, "services: must be a list"),
+    ("extra", 1, "(top level).extra: unknown field"),
+])
+def test_errors_name_the_bad_field(where: str, value: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as excinfo:
+        policyfile.parse_document(_set(_doc(), where, value))
+    assert str(excinfo.value).startswith(message)
+
+
+def test_missing_required_policy_field() -> None:
+    doc = _doc()
+    del doc["servicePolicies"][0]["serviceRoles"]
+    with pytest.raises(ConfigError, match=r"^servicePolicies\[0\]\.serviceRoles: is required"):
+        policyfile.parse_document(doc)
+
+
+def test_file_level_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        policyfile.load(_write(tmp_path, "identities: [\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        policyfile.load(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match="larger than"):
+        policyfile.load(_write(tmp_path, "#" * (policyfile.MAX_FILE_BYTES + 1)))
+    with pytest.raises(ConfigError, match=r"apply\.yaml: \(top level\): must be a mapping"):
+        policyfile.load(_write(tmp_path, "- 1\n"))
+    assert policyfile.load(_write(tmp_path, "")) == policyfile.ApplyFile((), (), ())

@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     stub.add_argument("--tls-key", help="PEM private key (mode 0600) for --tls-cert")
     stub.add_argument("--log-level", default="info")
 
+    cleanup = _add(sub, "cleanup", "tunneler.tun.cleanup:cmd_cleanup",
+                   "undo what a crashed daemon left: replay its journal, remove the TUN link "
+                   "and our resolv.conf entry")
+    cleanup.add_argument("--tun-name", default="tunneler0")
+    cleanup.add_argument("--runtime-dir", default="/run/tunneler",
+                         help="directory holding journal.json")
+    cleanup.add_argument("--resolv-conf", default="/etc/resolv.conf")
+    cleanup.add_argument("--log-level", default="info")
+
     version = _add(sub, "version", "tunneler.cli:cmd_version", "print the version")
     version.add_argument("--json", action="store_true")
     return parser

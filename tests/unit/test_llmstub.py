@@ -129,7 +129,7 @@ def test_stream_chunks_in_order() -> None:
 
 
 def test_sse_events_decode_with_the_openai_parser_byte_by_byte() -> None:
-    payloads = [{"text": 'line\nbreak "quoted" \u00e9'}, {"n": 2}]
+    payloads: list[dict[str, Any]] = [{"text": 'line\nbreak "quoted" \u00e9'}, {"n": 2}]
     wire = b"".join(chat.sse_event(p) for p in payloads) + chat.SSE_DONE
     assert wire.count(b"\n\n") == 3
     events = list(SSEDecoder().iter_bytes(iter([wire[i:i + 1] for i in range(len(wire))])))

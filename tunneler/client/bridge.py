@@ -16,6 +16,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable
+from typing import cast
 
 from tunneler.client.conn import EdgeConnection
 from tunneler.errors import DialError
@@ -50,12 +51,12 @@ class StreamBridge(asyncio.Protocol):
         self._reading = False
         self._local_eof = False
         self._paused_link = False
+        self._early: list[bytes] = []
         self.done = False
 
     # -- local side (asyncio.Protocol) -----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport = cast(asyncio.Transport, transport)
         transport.pause_reading()
         transport.set_write_buffer_limits(LOCAL_HIGH_WATER, LOCAL_LOW_WATER)
         sock = transport.get_extra_info("socket")
@@ -67,6 +68,12 @@ class StreamBridge(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.conn is not None:
             self.conn.write(data)
+        else:
+            # Some loops (uvloop) start reading after connection_made: hold what arrives
+            # before the circuit is up (at most one read, since reading is paused again).
+            self._early.append(data)
+            self._reading = True
+            self._update_reading()
 
     def eof_received(self) -> bool:
         self._local_eof = True
@@ -115,6 +122,11 @@ class StreamBridge(asyncio.Protocol):
         if self.done:
             conn.close()
             return
+        for data in self._early:
+            conn.write(data)
+        self._early.clear()
+        if self._local_eof:
+            conn.write_eof()
         self._update_reading()
 
     def edge_data(self, data: bytes) -> None:
@@ -169,8 +181,7 @@ class DatagramBridge(asyncio.DatagramProtocol):
         self.done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         if self.conn is not None:

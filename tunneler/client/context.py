@@ -199,7 +199,8 @@ class ZitiContext:
                 else:
                     return task.result()
             tasks = list(pending)
-        raise DialError("no edge router reachable: " + ("; ".join(errors) or "none listed"))
+        raise DialError("no edge router reachable: "
+                        + ("; ".join(errors) or "all are waiting to retry after failures"))
 
     def _connect(self, url: str) -> asyncio.Task[RouterLink] | None:
         task = self._connecting.get(url)

@@ -57,6 +57,10 @@ def set_total_length(base: bytes, total: int) -> bytes:
     return mutate(base, 2, struct.pack("!H", total))
 
 
+def ip_with_options(options: bytes) -> bytes:
+    return bytes(IP(src=T, dst=VIP, options=[options]) / TCP(sport=1, dport=2))
+
+
 V4_TCP = tcp4(flags="S", seq=1000)
 V4_UDP = udp4()
 V6_TCP = bytes(IPv6(src="fd00::1", dst="fd00::7") / TCP(sport=40000, dport=443, flags="S"))
@@ -83,6 +87,15 @@ CORPUS: dict[str, tuple[bytes, DropReason]] = {
         mutate(V4_TCP, 10, b"\xde\xad", fix_ip_sum=False),
         DropReason.BAD_IP_CHECKSUM,
     ),
+    **{
+        f"ip_options_{name}": (ip_with_options(opts), DropReason.BAD_IP_OPTIONS)
+        for name, opts in {
+            "length_0": b"\x07\x00\x00\x00",
+            "length_1": b"\x44\x01\x00\x00",
+            "length_past_end": b"\x01\x07\x08\x00",
+            "type_only_at_end": b"\x01\x01\x01\x83",
+        }.items()
+    },
     "fragment_mf": (bytes(IP(src=T, dst=VIP, flags="MF") / TCP()), DropReason.FRAGMENT),
     "fragment_offset": (
         bytes(IP(src=T, dst=VIP, frag=100, proto=6) / (b"x" * 20)),
@@ -155,6 +168,8 @@ VALID: dict[str, Packet] = {
     "tcp_syn_fin": IP(src=T, dst=VIP) / TCP(sport=2, dport=3, flags="SF") / b"data",
     "tcp_ack_data": IP(src=T, dst=VIP) / TCP(sport=9, dport=80, flags="PA") / (b"x" * 1000),
     "ip_options": IP(src=T, dst=VIP, options=[b"\x01\x01\x01\x00"]) / TCP(sport=1, dport=2),
+    "ip_option_rr": IP(src=T, dst=VIP, options=[b"\x07\x07\x04" + bytes(4) + b"\x00"])
+    / UDP(sport=1, dport=2),
     "udp": IP(src=T, dst="100.64.0.2") / UDP(sport=5353, dport=53) / b"query",
     "udp_checksum_0_v4": IP(src=T, dst=VIP) / UDP(sport=7, dport=8, chksum=0) / b"z",
     "icmp_echo": IP(src=T, dst=VIP) / ICMP(type=8) / b"ping",

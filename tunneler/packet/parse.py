@@ -12,9 +12,11 @@ API:
   TCP/UDP/ICMP header), ``payload_offset`` (start of the L4 payload).
 
 Policy (reliability.md TM-01): the IP total length must equal the bytes read; fragments are
-dropped; IPv6 extension headers are dropped; TCP/UDP port 0 is dropped; UDP over IPv6 with a
+dropped; IPv4 options must be well-formed (lengths only; they are not interpreted); IPv6
+extension headers are dropped; TCP/UDP port 0 is dropped; UDP over IPv6 with a
 zero checksum is dropped (RFC 8200 §8.1). L4 checksums are not verified here: the kernel wrote
 them, and the NAT updates them incrementally, so a bad one stays bad and the receiver drops it.
+TCP options are likewise left to the receiving kernel.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class DropReason(enum.Enum):
     BAD_IHL = "bad_ihl"
     BAD_TOTAL_LENGTH = "bad_total_length"
     BAD_IP_CHECKSUM = "bad_ip_checksum"
+    BAD_IP_OPTIONS = "bad_ip_options"
     FRAGMENT = "fragment"
     IPV6_EXTENSION = "ipv6_extension"
     UNSUPPORTED_PROTOCOL = "unsupported_protocol"
@@ -153,6 +156,8 @@ def _parse_ipv4(
         return DropReason.FRAGMENT
     if check and ones_sum(buf[:ihl]) != 0xFFFF:
         return DropReason.BAD_IP_CHECKSUM
+    if ihl > IPV4_HEADER_LEN and not _options_well_formed(buf, IPV4_HEADER_LEN, ihl):
+        return DropReason.BAD_IP_OPTIONS
     parsed.version = 4
     parsed.header_length = ihl
     parsed.total_length = total
@@ -161,6 +166,21 @@ def _parse_ipv4(
     parsed.dst = dst
     parsed.l4_offset = ihl
     return None
+
+
+def _options_well_formed(buf: bytes | bytearray | memoryview, offset: int, end: int) -> bool:
+    """Walk IPv4 options (RFC 791): EOL ends, NOP is one byte, others carry a length >= 2."""
+    while offset < end:
+        kind = buf[offset]
+        if kind == 0:
+            return True
+        if kind == 1:
+            offset += 1
+            continue
+        if offset + 1 >= end or buf[offset + 1] < 2 or offset + buf[offset + 1] > end:
+            return False
+        offset += buf[offset + 1]
+    return True
 
 
 def _parse_ipv6(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import socket
@@ -160,7 +161,8 @@ def run(scenario: Scenario, *, token_delay: float = 0.0, max_streams: int = 8) -
     asyncio.run(main())
 
 
-async def post(session: aiohttp.ClientSession, url: str, data: bytes) -> tuple[int, Any]:
+async def post(session: aiohttp.ClientSession, url: str,
+               data: bytes | io.BytesIO) -> tuple[int, Any]:
     async with session.post(f"{url}/v1/chat/completions", data=data,
                             headers={"Content-Type": "application/json"}) as response:
         return response.status, await response.json()
@@ -273,7 +275,7 @@ def test_unknown_path_method_and_oversized_body() -> None:
         async with session.get(f"{url}/v1/chat/completions") as response:
             assert response.status == 405
             assert (await response.json())["error"]["type"] == "invalid_request_error"
-        status, answer = await post(session, url, b" " * (MAX_BODY_BYTES + 1))
+        status, answer = await post(session, url, io.BytesIO(b" " * (MAX_BODY_BYTES + 1)))
         assert status == 413 and answer["error"]["code"] == "request_too_large"
         async with session.get(f"{url}/stats") as response:
             stats = await response.json()

@@ -213,3 +213,13 @@ def test_udp_flows_idle_out_and_cap() -> None:
     table.remove(2)
     table.remove(2)
     assert len(table) == 1
+
+
+def test_rewrite_respects_ip_options() -> None:
+    nat = make_nat()
+    wire = IP(src=T, dst=VIP, options=[b"\x01\x01\x01\x00"]) / TCP(sport=4, dport=443, flags="S")
+    packet = bytearray(bytes(wire))
+    assert nat.translate(packet, parsed_of(packet), 0.0) is None
+    decoded = checked(packet)
+    assert (decoded.src, decoded.dst, decoded[TCP].dport) == (N, T, L)
+    assert decoded.options == wire.options

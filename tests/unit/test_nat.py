@@ -222,4 +222,4 @@ def test_rewrite_respects_ip_options() -> None:
     assert nat.translate(packet, parsed_of(packet), 0.0) is None
     decoded = checked(packet)
     assert (decoded.src, decoded.dst, decoded[TCP].dport) == (N, T, L)
-    assert decoded.options == wire.options
+    assert bytes(packet[20:24]) == b"\x01\x01\x01\x00"

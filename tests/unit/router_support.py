@@ -155,10 +155,15 @@ class TlsPeer:
         self.conn.reply(request, message)
         self.writer.write(self.conn.data_to_send())
 
-    async def exchange(self, message: Message, timeout: float = 5.0) -> Message:
-        """Send a request and return its reply (other messages stay queued)."""
+    def send_request(self, message: Message) -> int:
+        """Send a request whose reply `next()` will deliver; returns its sequence."""
         sequence = self.conn.request(message, 0.0, 1e9)
         self.writer.write(self.conn.data_to_send())
+        return sequence
+
+    async def exchange(self, message: Message, timeout: float = 5.0) -> Message:
+        """Send a request and return its reply (other messages stay queued)."""
+        sequence = self.send_request(message)
         return await self.next(lambda m: m.reply_for == sequence, timeout)
 
     async def next(self, match: object = None, timeout: float = 5.0) -> Message:

@@ -58,6 +58,11 @@ class EdgeRouter:
             raise RuntimeError("router not started")
         return cast(int, self._listener.getsockname()[1])
 
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes waiting in the channels' transport write buffers (bounded by backpressure)."""
+        return sum(protocol.queued_bytes for protocol in self._protocols)
+
     async def start(self, host: str, port: int) -> None:
         """Listen on host:port and serve until `close()`."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -173,6 +178,11 @@ class _ChannelProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self._channel is not None:
             self._core.set_congested(self._channel, False)
+
+    @property
+    def queued_bytes(self) -> int:
+        """Bytes in this channel's transport write buffer."""
+        return self._transport.get_write_buffer_size() if self._transport is not None else 0
 
     # -- ChannelSink -------------------------------------------------------------------------------
     def write(self, data: bytes) -> None:

@@ -1,0 +1,212 @@
+"""A real overlay on 127.0.0.1 for integration tests and benchmarks: network + host + proxy.
+
+Everything runs the way a user runs it: `tunneler network init/apply/enroll-token/serve`,
+`tunneler enroll`, `tunneler run-host` and `tunneler proxy` as subprocesses (argv lists, no
+shell) in a scratch directory, on free loopback ports. `Overlay.stop()` terminates every process
+it started (SIGTERM, then SIGKILL after a grace period) and reports their exit codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PYTHON = sys.executable
+STARTUP_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = STARTUP_TIMEOUT) -> None:
+    """Until something accepts TCP connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on port {port}") from None
+            time.sleep(0.05)
+
+
+def tunneler(directory: Path, *args: str) -> None:
+    """Run one short tunneler command; raise with its output if it fails."""
+    result = subprocess.run([PYTHON, "-m", "tunneler", *args], cwd=directory,
+                            capture_output=True, text=True, timeout=60, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"tunneler {' '.join(args)} failed:\n{result.stderr}")
+
+
+def blob(size: int, seed: int = 1) -> bytes:
+    """Deterministic pseudo-random bytes (fast: a hash-chained 1 MiB block, repeated)."""
+    block = bytearray()
+    digest = seed.to_bytes(8, "little")
+    while len(block) < 1 << 20:
+        digest = hashlib.sha512(digest).digest()
+        block += digest
+    repeats, rest = divmod(size, len(block))
+    return bytes(block) * repeats + bytes(block[:rest])
+
+
+class BlobHandler(socketserver.BaseRequestHandler):
+    """`UP\\n` + bytes until EOF → sha256 hex; `DOWN n\\n` → n bytes, FIN, wait for EOF."""
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        header = b""
+        while not header.endswith(b"\n") and len(header) < 64:
+            chunk = sock.recv(1)
+            if not chunk:
+                return
+            header += chunk
+        command = header.split()
+        if command[0] == b"UP":
+            digest = hashlib.sha256()
+            while chunk := sock.recv(1 << 20):
+                digest.update(chunk)
+            sock.sendall(digest.hexdigest().encode())
+        elif command[0] == b"DOWN":
+            sock.sendall(blob(int(command[1])))
+            sock.shutdown(socket.SHUT_WR)
+            while sock.recv(65536):
+                pass
+
+
+class ThreadingServer(socketserver.ThreadingTCPServer):
+    """Threaded TCP server on 127.0.0.1 that tolerates port reuse."""
+
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+def start_blob_server() -> tuple[ThreadingServer, int]:
+    """The upload/download server, in a thread."""
+    server = ThreadingServer(("127.0.0.1", 0), BlobHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, int(server.server_address[1])
+
+
+@dataclass
+class Overlay:
+    """A running network, hosting tunneler and proxy."""
+
+    directory: Path
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    proxy_ports: dict[str, int] = field(default_factory=dict)
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
+
+    def start(self, name: str, *args: str) -> None:
+        """Start a long-running tunneler command, logging to DIR/<name>.log."""
+        log = (self.directory / f"{name}.log").open("wb")
+        self.processes[name] = subprocess.Popen([PYTHON, "-m", "tunneler", *args],
+                                                cwd=self.directory, stdout=log, stderr=log)
+        log.close()
+
+    def log(self, name: str) -> str:
+        """What a process has logged so far."""
+        return (self.directory / f"{name}.log").read_text(errors="replace")
+
+    def wait_for_log(self, name: str, text: str, count: int = 1,
+                     timeout: float = STARTUP_TIMEOUT) -> None:
+        """Until the process logged `text` at least `count` times."""
+        deadline = time.monotonic() + timeout
+        while self.log(name).count(text) < count:
+            process = self.processes[name]
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise TimeoutError(f"{name} did not log {text!r}:\n{self.log(name)[-4000:]}")
+            time.sleep(0.05)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Signal one process and wait for it (SIGKILL after `timeout`)."""
+        process = self.processes.pop(name)
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.exit_codes[name] = process.returncode
+        return process.returncode
+
+    def stop_all(self) -> None:
+        """Stop clients first, the network last."""
+        for name in [n for n in self.processes if n != "network"] + ["network"]:
+            if name in self.processes:
+                self.stop(name)
+
+
+def build_overlay(directory: Path, services: Sequence[dict[str, Any]], *,
+                  host_identity: str = "host1", client_identity: str = "client1",
+                  proxy: bool = True) -> Overlay:
+    """Create a network with `services` (bound by host1, dialled by client1) and start it all.
+
+    Each service dict is a policy-file service entry; every one gets roleAttributes [svc].
+    The proxy listens on a free port per service (`Overlay.proxy_ports[name]`).
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    net = str(directory / "net")
+    ctrl_port, router_port = free_port(), free_port()
+    tunneler(directory, "network", "init", net, "--hostname", "localhost",
+             "--controller-port", str(ctrl_port), "--router-port", str(router_port))
+    policy = {
+        "identities": [{"name": host_identity, "roleAttributes": ["hosts"]},
+                       {"name": client_identity, "roleAttributes": ["clients"]}],
+        "services": [{**service, "roleAttributes": ["svc"]} for service in services],
+        "servicePolicies": [
+            {"name": "bind", "type": "Bind", "semantic": "AnyOf", "identityRoles": ["#hosts"],
+             "serviceRoles": ["#svc"]},
+            {"name": "dial", "type": "Dial", "semantic": "AnyOf", "identityRoles": ["#clients"],
+             "serviceRoles": ["#svc"]},
+        ],
+    }
+    (directory / "policy.yaml").write_text(yaml.safe_dump(policy))
+    tunneler(directory, "network", "apply", net, "policy.yaml")
+    overlay = Overlay(directory)
+    try:
+        overlay.start("network", "network", "serve", net, "--listen", "127.0.0.1")
+        for identity in (host_identity, client_identity):
+            tunneler(directory, "network", "enroll-token", net, identity, "-o", f"{identity}.jwt")
+        wait_for_port(ctrl_port)
+        wait_for_port(router_port)
+        for identity in (host_identity, client_identity):
+            tunneler(directory, "enroll", "--jwt", f"{identity}.jwt", "--identity",
+                     f"{identity}.json")
+        overlay.start("host", "run-host", "--identity", f"{host_identity}.json")
+        hosted = [s for s in services if "host.v1" in s.get("configs", {})]
+        overlay.wait_for_log("host", "host.service_bound", count=len(hosted))
+        if proxy:
+            overlay.proxy_ports = {s["name"]: free_port() for s in services}
+            overlay.start("proxy", "proxy", "--identity", f"{client_identity}.json",
+                          *(f"{name}={port}" for name, port in overlay.proxy_ports.items()))
+            for port in overlay.proxy_ports.values():
+                wait_for_port(port)
+    except BaseException:
+        overlay.stop_all()
+        raise
+    return overlay
+
+
+def host_service(name: str, port: int, *, encrypted: bool = True) -> dict[str, Any]:
+    """A policy-file service hosted at 127.0.0.1:port."""
+    return {"name": name, "encryptionRequired": encrypted,
+            "configs": {"host.v1": {"protocol": "tcp", "address": "127.0.0.1", "port": port}}}
+

@@ -7,23 +7,21 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 
-from tests.support.controller import free_port
+from tests.support.controller import TUNNELER, free_port, serve_process
 from tests.support.pki import client_context
 from tunneler import jwt
 from tunneler.controller import pki
 
 ROOT = Path(__file__).resolve().parents[2]
-_SCRIPT = Path(sys.executable).parent / "tunneler"
-TUNNELER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tunneler"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -87,34 +85,14 @@ def test_enroll_token_file_and_stdout(net: Path, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "not a network directory" in missing.stderr
 
 
-def _wait_listening(port: int, process: subprocess.Popen[str], deadline: float = 20.0) -> None:
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        assert process.poll() is None, process.communicate()[1]
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"port {port} never opened")
-
-
 @pytest.fixture(name="served")
-def _served(net: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
-    config = json.loads((net / "network.json").read_text())
-    process = subprocess.Popen([*TUNNELER, "network", "serve", str(net), "--listen", "127.0.0.1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_listening(config["controller_port"], process)
-        _wait_listening(config["router_port"], process)
-        yield process, config
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)
+def _served(net: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    with serve_process(net) as served:
+        yield served
 
 
 def test_serve_answers_and_stops_on_sigterm(net: Path, served: tuple[subprocess.Popen[str],
-                                                                     dict[str, int]]) -> None:
+                                                                     dict[str, Any]]) -> None:
     process, config = served
     context = client_context(net / "pki" / "ca.pem")
     url = f"https://localhost:{config['controller_port']}/version"

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ from tunneler.cli import main as cli
 from tunneler.controller import network, pki
 from tunneler.controller.api import ControllerApi
 from tunneler.controller.store import Store
+
+_SCRIPT = Path(sys.executable).parent / "tunneler"
+TUNNELER = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "tunneler"]
 
 
 def free_port() -> int:
@@ -82,3 +87,32 @@ async def request(context: ssl.SSLContext, method: str, url: str, *, token: str 
         except ValueError:
             body = raw
         return Reply(response.status, body, dict(response.headers))
+
+
+def wait_listening(port: int, process: subprocess.Popen[str], deadline: float = 20.0) -> None:
+    """Wait until 127.0.0.1:port accepts connections (fail early if `process` died)."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if process.poll() is not None:
+            raise AssertionError(f"process exited: {process.communicate()[1]}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"port {port} never opened")
+
+
+@contextmanager
+def serve_process(root: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, Any]]]:
+    """`tunneler network serve ROOT --listen 127.0.0.1` as a subprocess, killed afterwards."""
+    config = json.loads((root / "network.json").read_text())
+    process = subprocess.Popen([*TUNNELER, "network", "serve", str(root), "--listen", "127.0.0.1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(config["controller_port"], process)
+        wait_listening(config["router_port"], process)
+        yield process, config
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)

@@ -1,0 +1,62 @@
+"""Privileged tests: real TUN devices, routes and resolver files inside throwaway namespaces.
+
+Every test in this directory gets the ``privileged`` marker. The suite needs root,
+``/dev/net/tun`` and ``ip netns``; a probe decides once per session, and when something is
+missing every test here is skipped with the reason. Namespaces left by killed runs are removed
+before the first test, and the ``netns_pool`` fixture removes the ones each test creates.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests.support import netns  # noqa: E402
+from tests.support.netns import netns_pool  # noqa: E402, F401  (fixture)
+
+_HERE = Path(__file__).resolve().parent
+
+
+@functools.cache
+def skip_reason() -> str | None:
+    """Why the privileged suite cannot run here, or None when it can."""
+    if os.geteuid() != 0:
+        return "needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN) for TUN devices and namespaces"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing (modprobe tun, or pass --device /dev/net/tun)"
+    if shutil.which("ip") is None:
+        return "the ip binary is missing (apt-get install iproute2)"
+    probe = f"tt-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True,
+                          check=False)
+    if made.returncode != 0:
+        return f"`ip netns add` does not work here: {made.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, check=False)
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in item.path.resolve().parents:
+            item.add_marker(pytest.mark.privileged)
+            reason = skip_reason()
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=f"privileged: {reason}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_stale_namespaces() -> Iterator[None]:
+    if skip_reason() is None:
+        netns.cleanup_stale()
+    yield

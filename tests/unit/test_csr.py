@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tunneler.controller.csr import load_csr
+from tunneler.controller.csr import load_csr, strip_ecdsa_null_params
 from tunneler.errors import EnrollmentError
 
 # Captured from openziti==0.6.0 enrolling against this controller: its outer signatureAlgorithm
@@ -47,12 +49,18 @@ def test_standard_csr_is_accepted() -> None:
 
 def test_tampered_csr_is_refused() -> None:
     _, pem = make_csr("a")
-    _, other = make_csr("b")
-    body = pem.split(b"\n")
-    other_body = other.split(b"\n")
-    mixed = b"\n".join(body[:3] + other_body[3:])
-    with pytest.raises(EnrollmentError):
-        load_csr(mixed)
+    der = bytearray(x509.load_pem_x509_csr(pem).public_bytes(serialization.Encoding.DER))
+    der[-1] ^= 0x01  # last byte of the ECDSA signature's s
+    tampered = (b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(bytes(der))
+                + b"-----END CERTIFICATE REQUEST-----\n")
+    with pytest.raises(EnrollmentError, match="signature does not verify"):
+        load_csr(tampered)
+
+
+def test_ecdsa_null_params_are_stripped_only_where_needed() -> None:
+    _, pem = make_csr()
+    der = x509.load_pem_x509_csr(pem).public_bytes(serialization.Encoding.DER)
+    assert strip_ecdsa_null_params(der) == der
 
 
 @pytest.mark.parametrize("data", [b"", b"hello", b"-----BEGIN CERTIFICATE REQUEST-----\n!!\n"

@@ -82,11 +82,12 @@ def load_csr(pem: bytes) -> x509.CertificateSigningRequest:
     try:
         der = base64.b64decode(b"".join(match.group(1).split()), validate=True)
         csr = x509.load_der_x509_csr(strip_ecdsa_null_params(der))
+        key = csr.public_key()
+        valid = csr.is_signature_valid
     except (binascii.Error, ValueError) as exc:
         raise EnrollmentError(f"CSR cannot be parsed: {exc}") from exc
-    if not csr.is_signature_valid:
+    if not valid:
         raise EnrollmentError("CSR signature does not verify")
-    key = csr.public_key()
     if isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048:
         return csr
     if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size >= 256:

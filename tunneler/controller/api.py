@@ -140,6 +140,9 @@ class ControllerApi:
             code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED",
                     413: "REQUEST_TOO_LARGE"}.get(exc.status, "INVALID_REQUEST")
             response = error_response(ApiError(exc.status, code, exc.reason), request_id)
+        except Exception:  # request boundary: answer with an envelope, keep serving
+            log.exception("controller.request_crashed", path=request.path)
+            response = error_response(ApiError(500, "UNHANDLED", "internal error"), request_id)
         response.headers[INSTANCE_HEADER] = self._settings.instance_id
         return response
 

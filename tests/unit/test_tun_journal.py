@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tunneler.dns.system import install_resolv_conf
-from tunneler.tun.cleanup import recover, rollback, undo
+from tunneler.tun.cleanup import recover, rollback, start_journal, undo
 from tunneler.tun.journal import (
     Journal,
     JournalError,
@@ -135,3 +135,14 @@ def test_journal_file_is_readable_json(tmp_path: Path) -> None:
     journal.record(Step.delete_link("tunneler0"))
     doc = json.loads(journal.path.read_text())
     assert doc["steps"] == [{"op": "delete_link", "args": {"name": "tunneler0"}}]
+
+
+def test_start_journal_recovers_a_dead_predecessor_first(tmp_path: Path) -> None:
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_bytes(b"nameserver 10.0.0.2\n")
+    install_resolv_conf(resolv, "100.64.0.2")
+    write_stale(tmp_path / "journal.json", [Step.restore_resolv_conf(resolv)])
+    journal = start_journal(tmp_path)
+    assert resolv.read_bytes() == b"nameserver 10.0.0.2\n"
+    state = load(journal.path)
+    assert state is not None and state.pid == os.getpid() and state.steps == []

@@ -1,10 +1,11 @@
 """Undo what a journal recorded, and ``tunneler cleanup``.
 
 ``undo(steps)`` runs undo steps in reverse order, best effort: a failing step is logged and
-the rest still run. ``recover(path)`` undoes and removes a journal whose owner is dead (the
-daemon calls it on start). ``rollback(journal)`` is the clean-shutdown twin for the running
-process. ``cmd_cleanup`` (``ExecStopPost=tunneler cleanup``) recovers the journal, then removes
-leftovers a journal may not know about: the named TUN link and our resolv.conf header.
+the rest still run. ``recover(path)`` undoes and removes a journal whose owner is dead;
+``start_journal(runtime_dir)`` does that and opens the daemon's own journal.
+``rollback(journal)`` is the clean-shutdown twin for the running process. ``cmd_cleanup``
+(``ExecStopPost=tunneler cleanup``) recovers the journal, then removes leftovers a journal
+may not know about: the named TUN link and our resolv.conf header.
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ def recover(path: Path) -> bool:
     Journal(path, state).remove()
     log.info("journal.recovery_finished", path=str(path), failed=failed)
     return True
+
+
+def start_journal(runtime_dir: Path = DEFAULT_RUNTIME_DIR) -> Journal:
+    """Daemon start: recover a dead predecessor's journal, then open our own."""
+    path = journal_path(runtime_dir)
+    recover(path)
+    return Journal.create(path)
 
 
 def rollback(journal: Journal) -> int:

@@ -156,10 +156,13 @@ class Overlay:
 
 def build_overlay(directory: Path, services: Sequence[dict[str, Any]], *,
                   host_identity: str = "host1", client_identity: str = "client1",
-                  proxy: bool = True) -> Overlay:
+                  extra_policy: dict[str, list[dict[str, Any]]] | None = None,
+                  token_only: Sequence[str] = ()) -> Overlay:
     """Create a network with `services` (bound by host1, dialled by client1) and start it all.
 
-    Each service dict is a policy-file service entry; every one gets roleAttributes [svc].
+    Each service dict is a policy-file service entry; without roleAttributes it gets [svc]
+    (host1 binds #svc; identities with role `clients` dial #svc). `extra_policy` sections are
+    appended to the policy file; identities in `token_only` get DIR/<name>.jwt, not enrolled.
     The proxy listens on a free port per service (`Overlay.proxy_ports[name]`).
     """
     directory.mkdir(parents=True, exist_ok=True)
@@ -170,7 +173,7 @@ def build_overlay(directory: Path, services: Sequence[dict[str, Any]], *,
     policy = {
         "identities": [{"name": host_identity, "roleAttributes": ["hosts"]},
                        {"name": client_identity, "roleAttributes": ["clients"]}],
-        "services": [{**service, "roleAttributes": ["svc"]} for service in services],
+        "services": [{"roleAttributes": ["svc"], **service} for service in services],
         "servicePolicies": [
             {"name": "bind", "type": "Bind", "semantic": "AnyOf", "identityRoles": ["#hosts"],
              "serviceRoles": ["#svc"]},
@@ -178,12 +181,14 @@ def build_overlay(directory: Path, services: Sequence[dict[str, Any]], *,
              "serviceRoles": ["#svc"]},
         ],
     }
+    for section, entries in (extra_policy or {}).items():
+        policy[section] = [*policy.get(section, []), *entries]
     (directory / "policy.yaml").write_text(yaml.safe_dump(policy))
     tunneler(directory, "network", "apply", net, "policy.yaml")
     overlay = Overlay(directory)
     try:
         overlay.start("network", "network", "serve", net, "--listen", "127.0.0.1")
-        for identity in (host_identity, client_identity):
+        for identity in (host_identity, client_identity, *token_only):
             tunneler(directory, "network", "enroll-token", net, identity, "-o", f"{identity}.jwt")
         wait_for_port(ctrl_port)
         wait_for_port(router_port)
@@ -193,12 +198,11 @@ def build_overlay(directory: Path, services: Sequence[dict[str, Any]], *,
         overlay.start("host", "run-host", "--identity", f"{host_identity}.json")
         hosted = [s for s in services if "host.v1" in s.get("configs", {})]
         overlay.wait_for_log("host", "host.service_bound", count=len(hosted))
-        if proxy:
-            overlay.proxy_ports = {s["name"]: free_port() for s in services}
-            overlay.start("proxy", "proxy", "--identity", f"{client_identity}.json",
-                          *(f"{name}={port}" for name, port in overlay.proxy_ports.items()))
-            for port in overlay.proxy_ports.values():
-                wait_for_port(port)
+        overlay.proxy_ports = {s["name"]: free_port() for s in services}
+        overlay.start("proxy", "proxy", "--identity", f"{client_identity}.json",
+                      *(f"{name}={port}" for name, port in overlay.proxy_ports.items()))
+        for port in overlay.proxy_ports.values():
+            wait_for_port(port)
     except BaseException:
         overlay.stop_all()
         raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -133,6 +134,16 @@ def test_a_busy_name_is_a_clear_error(netns_pool: NetnsPool) -> None:
     ns = netns_pool.new()
     with ns.entered(), LinuxTun("ttun0"), pytest.raises(TunError, match="in use"):
         LinuxTun("ttun0")
+
+
+def test_missing_cap_net_admin_is_explained(netns_pool: NetnsPool) -> None:
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv is missing (apt-get install util-linux)")
+    ns = netns_pool.new()
+    code = ("from tunneler.tun.device import LinuxTun, TunError\ntry:\n    LinuxTun('ttun0')\n"
+            "except TunError as exc:\n    print(exc)\n")
+    out = ns.run(["setpriv", "--bounding-set=-net_admin", "--", sys.executable, "-c", code]).stdout
+    assert "run as root or grant CAP_NET_ADMIN" in out
 
 
 HOLDER = """

@@ -273,3 +273,29 @@ def test_host_drop_closes_dialer_circuit(net: Net) -> None:
             assert "no terminators" in e.body_text(refused)
             await dialer.close()
     run(scenario)
+
+
+def test_pending_handshake_cap(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(server, "MAX_PENDING", 1)
+
+    async def scenario() -> None:
+        scene = Scene(net)
+        async with running(net, scene.auth) as router:
+            _reader, silent = await asyncio.open_connection("127.0.0.1", router.port)  # no TLS
+            for _ in range(50):
+                if router.pending == 1:
+                    break
+                await asyncio.sleep(0.02)
+            reader, refused = await asyncio.open_connection("127.0.0.1", router.port)
+            assert await asyncio.wait_for(reader.read(), 3) == b""
+            assert router.stats.handshakes_refused == 1
+            silent.close()
+            refused.close()
+            for _ in range(50):
+                if router.pending == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert router.pending == 0 and router.stats.handshake_failures == 1
+            peer = await scene.peer(router.port, net.dialer, scene.dialer_api)
+            await peer.close()
+    run(scenario)

@@ -111,10 +111,12 @@ class EdgeRouter:
         try:
             await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._ssl,
                                                ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
-        except (OSError, ssl.SSLError, TimeoutError, EOFError) as exc:
+        except (OSError, TimeoutError, EOFError) as exc:
             self.stats.handshake_failures += 1
             log.debug("router.handshake_failed", error=str(exc) or type(exc).__name__)
-            protocol.release_slot()
+        finally:
+            if not protocol.connected:
+                protocol.release_slot()
 
     async def _timer_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -122,10 +124,13 @@ class EdgeRouter:
         while True:
             await asyncio.sleep(TICK_INTERVAL)
             now = loop.time()
-            self.core.tick(now)
-            if now >= next_sweep:
-                next_sweep = now + SWEEP_INTERVAL
-                self.core.sweep()
+            try:
+                self.core.tick(now)
+                if now >= next_sweep:
+                    next_sweep = now + SWEEP_INTERVAL
+                    self.core.sweep()
+            except Exception:  # e.g. the authority's database failed: retry next time
+                log.exception("router.timer_failed")
             self.core.flush()
 
 
@@ -142,6 +147,11 @@ class _ChannelProtocol(asyncio.Protocol):
         self._hello_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """True once the TLS handshake completed."""
+        return self._transport is not None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)

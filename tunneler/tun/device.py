@@ -137,7 +137,7 @@ def _write(fd: int, parts: list[bytes | bytearray | memoryview]) -> bool:
     """Write one packet; False when the kernel queue is full (the packet is dropped)."""
     try:
         os.writev(fd, parts)
-    except (BlockingIOError, InterruptedError):
+    except BlockingIOError:
         return False
     except OSError as exc:
         if exc.errno == errno.ENOBUFS:

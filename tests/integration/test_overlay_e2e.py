@@ -11,10 +11,12 @@ import hashlib
 import http.server
 import socket
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.support.overlay import (
@@ -146,3 +148,18 @@ def _closed_port() -> int:
     port = int(server.server_address[1])
     server.server_close()
     return port
+
+
+def test_slow_reader_keeps_memory_bounded(overlay: Overlay) -> None:
+    """Backpressure end to end: a client that stops reading must not make anyone buffer it all."""
+    size = 128 * 1024 * 1024
+    processes = {name: psutil.Process(overlay.processes[name].pid) for name in ("proxy", "host")}
+    before = {name: p.memory_info().rss for name, p in processes.items()}
+    with _connect(overlay, "blob") as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        sock.sendall(f"DOWN {size}\n".encode())
+        time.sleep(3)
+        grown = {name: p.memory_info().rss - before[name] for name, p in processes.items()}
+        received = _read_all(sock)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(blob(size)).digest()
+    assert all(growth < 48 * 1024 * 1024 for growth in grown.values()), grown

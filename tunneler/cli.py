@@ -72,12 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
                 "host mode: bind services (host.v1) and connect each flow to its endpoint")
     host.add_argument("--identity", action="append", default=[], help="identity JSON (repeatable)")
     host.add_argument("--identity-dir", help="load every *.json identity in this directory")
+    host.add_argument("--refresh-interval", type=float, default=60.0,
+                      help="seconds between service list refreshes (default 60)")
     host.add_argument("--log-level", default="info")
 
     proxy = _add(sub, "proxy", "tunneler.proxy:cmd_proxy",
                  "proxy mode: listen locally and dial SERVICE for every accepted connection")
     proxy.add_argument("--identity", required=True)
     proxy.add_argument("bindings", nargs="+", metavar="SERVICE=[HOST:]PORT")
+    proxy.add_argument("--refresh-interval", type=float, default=60.0,
+                       help="seconds between service list refreshes (default 60)")
     proxy.add_argument("--log-level", default="info")
 
     stub = _add(sub, "llm-stub", "tunneler.llmstub.server:cmd_llm_stub",

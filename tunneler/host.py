@@ -44,7 +44,9 @@ DEFAULT_CONNECT_TIMEOUT = 5
 def cmd_run_host(args: argparse.Namespace) -> int:
     """Entry point of `tunneler run-host`."""
     paths = identity_paths(args.identity, args.identity_dir)
-    return aio.run(lambda stop: run_host(paths, stop))
+    if not args.refresh_interval > 0:
+        raise ConfigError("--refresh-interval must be a positive number of seconds")
+    return aio.run(lambda stop: run_host(paths, stop, refresh_interval=args.refresh_interval))
 
 
 def identity_paths(files: Sequence[str], directory: str | None) -> list[Path]:
@@ -64,9 +66,11 @@ def identity_paths(files: Sequence[str], directory: str | None) -> list[Path]:
     return paths
 
 
-async def run_host(paths: Sequence[Path], stop: asyncio.Event) -> int:
+async def run_host(paths: Sequence[Path], stop: asyncio.Event, *,
+                   refresh_interval: float = 60.0) -> int:
     """Host services for every identity until `stop` is set; then unbind."""
-    hosts = [ServiceHost(ZitiContext(path)) for path in paths]
+    hosts = [ServiceHost(ZitiContext(path, refresh_interval=refresh_interval))
+             for path in paths]
     try:
         for host in hosts:
             if not await host.ctx.start_retrying(stop):

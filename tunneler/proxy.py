@@ -60,12 +60,16 @@ def parse_binding(text: str) -> ProxyBinding:
 def cmd_proxy(args: argparse.Namespace) -> int:
     """Entry point of `tunneler proxy`."""
     bindings = [parse_binding(text) for text in args.bindings]
-    return aio.run(lambda stop: run_proxy(args.identity, bindings, stop))
+    if not args.refresh_interval > 0:
+        raise ConfigError("--refresh-interval must be a positive number of seconds")
+    return aio.run(lambda stop: run_proxy(args.identity, bindings, stop,
+                                          refresh_interval=args.refresh_interval))
 
 
-async def run_proxy(identity: str, bindings: list[ProxyBinding], stop: asyncio.Event) -> int:
+async def run_proxy(identity: str, bindings: list[ProxyBinding], stop: asyncio.Event, *,
+                    refresh_interval: float = 60.0) -> int:
     """Serve every binding until `stop` is set."""
-    ctx = ZitiContext(identity)
+    ctx = ZitiContext(identity, refresh_interval=refresh_interval)
     servers: list[asyncio.Server] = []
     try:
         if not await ctx.start_retrying(stop):

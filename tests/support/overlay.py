@@ -112,13 +112,20 @@ class Overlay:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     proxy_ports: dict[str, int] = field(default_factory=dict)
     exit_codes: dict[str, int | None] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
 
     def start(self, name: str, *args: str) -> None:
-        """Start a long-running tunneler command, logging to DIR/<name>.log."""
-        log = (self.directory / f"{name}.log").open("wb")
+        """Start a long-running tunneler command, logging to DIR/<name>.log (appending)."""
+        self.commands[name] = list(args)
+        log = (self.directory / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen([PYTHON, "-m", "tunneler", *args],
                                                 cwd=self.directory, stdout=log, stderr=log)
         log.close()
+
+    def restart(self, name: str) -> None:
+        """Stop a process (SIGTERM) and start it again with the same arguments."""
+        self.stop(name)
+        self.start(name, *self.commands[name])
 
     def log(self, name: str) -> str:
         """What a process has logged so far."""
@@ -157,12 +164,13 @@ class Overlay:
 def build_overlay(directory: Path, services: Sequence[dict[str, Any]], *,
                   host_identity: str = "host1", client_identity: str = "client1",
                   extra_policy: dict[str, list[dict[str, Any]]] | None = None,
-                  token_only: Sequence[str] = ()) -> Overlay:
+                  token_only: Sequence[str] = (), client_args: Sequence[str] = ()) -> Overlay:
     """Create a network with `services` (bound by host1, dialled by client1) and start it all.
 
     Each service dict is a policy-file service entry; without roleAttributes it gets [svc]
     (host1 binds #svc; identities with role `clients` dial #svc). `extra_policy` sections are
-    appended to the policy file; identities in `token_only` get DIR/<name>.jwt, not enrolled.
+    appended to the policy file; identities in `token_only` get DIR/<name>.jwt, not enrolled;
+    `client_args` are added to the run-host and proxy command lines.
     The proxy listens on a free port per service (`Overlay.proxy_ports[name]`).
     """
     directory.mkdir(parents=True, exist_ok=True)
@@ -195,11 +203,11 @@ def build_overlay(directory: Path, services: Sequence[dict[str, Any]], *,
         for identity in (host_identity, client_identity):
             tunneler(directory, "enroll", "--jwt", f"{identity}.jwt", "--identity",
                      f"{identity}.json")
-        overlay.start("host", "run-host", "--identity", f"{host_identity}.json")
+        overlay.start("host", "run-host", "--identity", f"{host_identity}.json", *client_args)
         hosted = [s for s in services if "host.v1" in s.get("configs", {})]
         overlay.wait_for_log("host", "host.service_bound", count=len(hosted))
         overlay.proxy_ports = {s["name"]: free_port() for s in services}
-        overlay.start("proxy", "proxy", "--identity", f"{client_identity}.json",
+        overlay.start("proxy", "proxy", "--identity", f"{client_identity}.json", *client_args,
                       *(f"{name}={port}" for name, port in overlay.proxy_ports.items()))
         for port in overlay.proxy_ports.values():
             wait_for_port(port)

@@ -21,7 +21,7 @@ from typing import Any
 from tunneler.client.backoff import Backoff
 from tunneler.client.conn import DIAL_TIMEOUT, EdgeConnection, EdgeSink, InvalidSessionError, dial
 from tunneler.client.ctrl import ControllerClient, EdgeRouterRef, ServiceInfo, SessionRef
-from tunneler.client.link import RouterLink
+from tunneler.client.link import HelloRejected, RouterLink
 from tunneler.client.listener import BindOptions, DialHandler, EdgeListener
 from tunneler.client.services import ServiceChanges, diff_services
 from tunneler.edge.appdata import encode_app_data
@@ -226,10 +226,19 @@ class ZitiContext:
         except (OSError, TimeoutError, DialError) as exc:
             self._router_retry_at[url] = loop.time() + backoff.failed()
             log.warning("context.router_unreachable", router=url, error=str(exc) or repr(exc))
+            if isinstance(exc, HelloRejected):
+                await self._reauthenticate()
             raise DialError(f"{url}: {exc or 'timed out'}") from None
         backoff.connected(loop.time())
         self._links[url] = link
         return link
+
+    async def _reauthenticate(self) -> None:
+        """A router refused our token: get a fresh API session for the next attempt."""
+        try:
+            await self.ctrl.authenticate()
+        except ControllerError as exc:
+            log.warning("context.reauthentication_failed", identity=self.name, error=str(exc))
 
     def _link_closed(self, link: RouterLink) -> None:
         if self._links.get(link.url) is link:

@@ -54,6 +54,10 @@ _EDGE_TYPES = range(edge.CONTENT_TYPE_CONNECT, edge.CONTENT_TYPE_UNBIND + 1)
 ReplyCallback = Callable[[Message | None], None]
 
 
+class HelloRejected(DialError):
+    """The router refused our API session token (expired, unknown after a restart, ...)."""
+
+
 class LinkHandler(Protocol):
     """What a link dispatches to: an edge connection or a listener, keyed by ConnId."""
 
@@ -129,7 +133,7 @@ class RouterLink(asyncio.Protocol):
         hello.set_str(edge.SESSION_TOKEN_HEADER, api_token)
         reply = await self.request_async(hello, timeout)
         if reply.content_type != CONTENT_TYPE_RESULT or not reply.get_bool(RESULT_SUCCESS_HEADER):
-            raise DialError(f"router {self.url} rejected the hello: {edge.body_text(reply)}")
+            raise HelloRejected(f"router {self.url} rejected the hello: {edge.body_text(reply)}")
 
     # -- sending --------------------------------------------------------------------------
     def send(self, message: Message) -> int:

@@ -7,14 +7,17 @@ hosts is reset; run-host and proxy exit 0 on SIGTERM.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.server
 import socket
+import socketserver
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -27,8 +30,41 @@ from tests.support.overlay import (
     host_service,
     start_blob_server,
 )
+from tunneler.client.context import ZitiContext
+from tunneler.errors import DialError
 
 SIZE = 32 * 1024 * 1024
+
+
+class _UdpEcho(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        data, sock = self.request
+        sock.sendto(data.upper(), self.client_address)
+
+
+class _Collect:
+    """An EdgeSink that collects what arrives."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.closed = asyncio.Event()
+        self.arrived = asyncio.Event()
+
+    def edge_connected(self, conn: object) -> None:
+        pass
+
+    def edge_data(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.arrived.set()
+
+    def edge_eof(self) -> None:
+        pass
+
+    def edge_closed(self, abrupt: bool) -> None:
+        self.closed.set()
+
+    def set_link_writable(self, writable: bool) -> None:
+        pass
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -44,16 +80,27 @@ def _overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overlay]:
         ("127.0.0.1", 0), lambda *a: _Quiet(*a, directory=str(web_root)))
     threading.Thread(target=web.serve_forever, daemon=True).start()
     blobs, blob_port = start_blob_server()
+    udp = socketserver.ThreadingUDPServer(("127.0.0.1", 0), _UdpEcho)
+    threading.Thread(target=udp.serve_forever, daemon=True).start()
     services = [host_service("web", web.server_address[1]),
                 host_service("blob", blob_port),
                 host_service("blob-plain", blob_port, encrypted=False),
-                {"name": "nohost", "encryptionRequired": True, "configs": {}}]
+                {"name": "nohost", "encryptionRequired": True, "configs": {}},
+                {"name": "udp-echo", "configs": {"host.v1": {
+                    "protocol": "udp", "address": "127.0.0.1", "port": udp.server_address[1]}}},
+                {"name": "forward", "configs": {"host.v1": {
+                    "protocol": "tcp", "forwardAddress": True,
+                    "allowedAddresses": ["127.0.0.0/8", "*.localhost"],
+                    "forwardPort": True, "allowedPortRanges": [
+                        {"low": blob_port, "high": blob_port},
+                        {"low": web.server_address[1], "high": web.server_address[1]}]}}}]
     overlay = build_overlay(tmp_path_factory.mktemp("overlay"), services)
+    overlay.ports = {"web": web.server_address[1], "blob": blob_port}  # type: ignore[attr-defined]
     try:
         yield overlay
     finally:
         overlay.stop_all()
-        for server in (web, blobs):
+        for server in (web, blobs, udp):
             server.shutdown()
             server.server_close()
 
@@ -163,3 +210,49 @@ def test_slow_reader_keeps_memory_bounded(overlay: Overlay) -> None:
         received = _read_all(sock)
     assert hashlib.sha256(received).digest() == hashlib.sha256(blob(size)).digest()
     assert all(growth < 48 * 1024 * 1024 for growth in grown.values()), grown
+
+
+def _in_process(overlay: Overlay, scenario: Any) -> Any:
+    async def run() -> Any:
+        ctx = ZitiContext(overlay.directory / "client1.json")
+        await ctx.start()
+        try:
+            return await scenario(ctx)
+        finally:
+            await ctx.close()
+    return asyncio.run(run())
+
+
+def test_udp_host_target_one_datagram_per_message(overlay: Overlay) -> None:
+    async def scenario(ctx: ZitiContext) -> list[bytes]:
+        sink = _Collect()
+        conn = await ctx.dial("udp-echo", sink, app_data={"dst_protocol": "udp"})
+        for word in (b"ping", b"pong" * 1000):
+            sink.arrived.clear()
+            conn.write(word)
+            await asyncio.wait_for(sink.arrived.wait(), 10)
+        conn.close()
+        return sink.chunks
+
+    assert _in_process(overlay, scenario) == [b"PING", b"PONG" * 1000]
+
+
+def test_forwarded_address_and_port_pick_the_target(overlay: Overlay) -> None:
+    ports = overlay.ports  # type: ignore[attr-defined]
+
+    async def scenario(ctx: ZitiContext) -> tuple[bytes, str]:
+        sink = _Collect()
+        conn = await ctx.dial("forward", sink, app_data={
+            "dst_protocol": "tcp", "dst_hostname": "localhost", "dst_ip": "127.0.0.1",
+            "dst_port": ports["web"]})
+        conn.write(b"GET /index.html HTTP/1.0\r\n\r\n")
+        conn.write_eof()
+        await asyncio.wait_for(sink.closed.wait(), 10)
+        with pytest.raises(DialError) as refused:
+            await ctx.dial("forward", _Collect(), app_data={
+                "dst_protocol": "tcp", "dst_ip": "127.0.0.1", "dst_port": 22})
+        return b"".join(sink.chunks), str(refused.value)
+
+    answer, refusal = _in_process(overlay, scenario)
+    assert answer.startswith(b"HTTP/1.0 200") and answer.endswith(b"hello through the overlay\n")
+    assert "port '22' is not allowed" in refusal

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from tunneler.log import get_logger
 
@@ -60,14 +59,3 @@ async def _with_signals(main: MainFunction) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 
-
-async def wait_stopped(stop: asyncio.Event, *tasks: asyncio.Future[Any]) -> None:
-    """Until `stop` is set or one of `tasks` finishes (its exception propagates)."""
-    waiter = asyncio.ensure_future(stop.wait())
-    try:
-        done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-    for task in done:
-        if task is not waiter:
-            task.result()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import socketserver
 import threading
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.support.overlay import (
@@ -15,6 +17,7 @@ from tests.support.overlay import (
     ThreadingServer,
     build_overlay,
     host_service,
+    start_blob_server,
     tunneler,
 )
 
@@ -71,3 +74,22 @@ def test_rebinds_after_network_restart_and_follows_config_changes(tmp_path: Path
             server.shutdown()
             server.server_close()
     assert overlay.exit_codes["host"] == 0 and overlay.exit_codes["proxy"] == 0
+
+
+def test_router_loss_mid_flow_resets_the_local_connection(tmp_path: Path) -> None:
+    """A truncated stream must never look complete: router loss → RST, not FIN."""
+    blobs, port = start_blob_server()
+    overlay = build_overlay(tmp_path, [host_service("blob", port)])
+    try:
+        with socket.create_connection(("127.0.0.1", overlay.proxy_ports["blob"]), 30) as sock:
+            sock.sendall(f"DOWN {1 << 30}\n".encode())
+            assert sock.recv(65536)
+            overlay.stop("network", signal.SIGKILL)
+            with pytest.raises(ConnectionResetError):
+                while sock.recv(1 << 20):
+                    pass
+        assert "link.disconnected" in overlay.log("proxy")
+    finally:
+        overlay.stop_all()
+        blobs.shutdown()
+        blobs.server_close()

@@ -55,6 +55,33 @@ def _network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                        help="token lifetime in seconds (default 3 h)")
 
 
+def _run_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = _add(sub, "run", "tunneler.daemon:cmd_run",
+               "intercept mode: TUN device, DNS for service names, every flow over the overlay "
+               "(root or CAP_NET_ADMIN)")
+    run.add_argument("--identity", action="append", default=[], help="identity JSON (repeatable)")
+    run.add_argument("--identity-dir", help="load every *.json identity in this directory")
+    run.add_argument("--tun-name", default="tunneler0")
+    run.add_argument("--dns-ip-range", default="100.64.0.1/10",
+                     help="TUN address/prefix; DNS is the next address, VIPs the rest")
+    run.add_argument("--dns-upstream", action="append", default=[], metavar="IP[:PORT]",
+                     help="resolver for other names (repeatable; default: the system's)")
+    run.add_argument("--no-dns-config", action="store_true",
+                     help="leave the system resolver configuration alone")
+    run.add_argument("--dns-route-all", action="store_true",
+                     help="systemd-resolved: route every name to us (~.), not only intercepts")
+    run.add_argument("--refresh-interval", type=float, default=60.0,
+                     help="seconds between service list refreshes (default 60)")
+    run.add_argument("--mtu", type=int, default=65000)
+    run.add_argument("--runtime-dir", default="/run/tunneler", help="directory of journal.json")
+    run.add_argument("--resolv-conf", default="/etc/resolv.conf")
+    run.add_argument("--max-tcp-flows", type=int, default=4096)
+    run.add_argument("--max-pending-dials", type=int, default=512)
+    run.add_argument("--max-udp-flows", type=int, default=1024)
+    run.add_argument("--max-dns-in-flight", type=int, default=150)
+    run.add_argument("--log-level", default="info")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     parser = argparse.ArgumentParser(prog="tunneler", description=__doc__.splitlines()[0])
@@ -83,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--refresh-interval", type=float, default=60.0,
                        help="seconds between service list refreshes (default 60)")
     proxy.add_argument("--log-level", default="info")
+
+    _run_command(sub)
 
     stub = _add(sub, "llm-stub", "tunneler.llmstub.server:cmd_llm_stub",
                 "serve a small OpenAI-compatible chat endpoint (demos and tests)")

@@ -1,0 +1,238 @@
+"""`tunneler run`: the intercepting daemon (TUN, routes, DNS, resolver, the data path engine).
+
+Start, in order (style.md §6 rule 15, reliability.md §3.3): replay a stale journal of a
+crashed run → identity contexts (retrying while the controller is down) → TUN device, address,
+MTU and routes (journalled before each change) → DNS server and TUN reader (the engine) →
+system resolver configuration. Service changes re-plan intercepts, DNS names and routes.
+Stop on SIGTERM/SIGINT in reverse: refuse new flows, restore the resolver first, drain flows
+for up to 5 s, close the contexts, remove routes and the TUN, remove the journal, exit 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunneler import aio
+from tunneler.client.context import ZitiContext
+from tunneler.client.services import ServiceChanges
+from tunneler.dns import system
+from tunneler.dns.pool import VipPool
+from tunneler.engine.dnsserver import Upstream, parse_upstream
+from tunneler.engine.engine import Engine
+from tunneler.engine.limits import Limits
+from tunneler.errors import ControllerError, TunnelerError
+from tunneler.host import identity_paths
+from tunneler.log import get_logger
+from tunneler.tun import cleanup, routes
+from tunneler.tun.device import LinuxTun
+from tunneler.tun.journal import Journal, Step, journal_path
+from tunneler.tun.route_plan import DEFAULT_MTU, desired_config, validate_intercepts
+
+log = get_logger("daemon")
+
+SHUTDOWN_STEP_TIMEOUT = 5.0
+CONTEXT_CLOSE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `tunneler run` was asked to do."""
+
+    identities: list[Path]
+    tun_name: str = "tunneler0"
+    dns_ip_range: str = "100.64.0.1/10"
+    upstreams: list[Upstream] | None = None  # None: what the system used before us
+    dns_config: bool = True
+    dns_route_all: bool = False
+    refresh_interval: float = 60.0
+    runtime_dir: Path = Path("/run/tunneler")
+    resolv_conf: Path = system.RESOLV_CONF
+    mtu: int = DEFAULT_MTU
+    limits: Limits = field(default_factory=Limits)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Validate the command line (raises ConfigError)."""
+    limits = Limits(max_tcp_flows=args.max_tcp_flows, max_pending_dials=args.max_pending_dials,
+                    max_nat_entries=2 * args.max_tcp_flows, max_udp_flows=args.max_udp_flows,
+                    max_dns_in_flight=args.max_dns_in_flight)
+    return RunConfig(
+        identities=identity_paths(args.identity, args.identity_dir),
+        tun_name=args.tun_name,
+        dns_ip_range=args.dns_ip_range,
+        upstreams=[parse_upstream(text) for text in args.dns_upstream] or None,
+        dns_config=not args.no_dns_config,
+        dns_route_all=args.dns_route_all,
+        refresh_interval=args.refresh_interval,
+        runtime_dir=Path(args.runtime_dir),
+        resolv_conf=Path(args.resolv_conf),
+        mtu=args.mtu,
+        limits=limits,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Entry point of `tunneler run`."""
+    config = config_from_args(args)
+    try:
+        VipPool(config.dns_ip_range)
+    except ValueError as exc:
+        raise TunnelerError(f"--dns-ip-range {config.dns_ip_range}: {exc}") from None
+    return aio.run(lambda stop: Daemon(config).run(stop))
+
+
+async def _resolve_hosts(hosts: Iterable[str]) -> list[str]:
+    """IP addresses of the controllers and routers (never routed into the TUN)."""
+    loop = asyncio.get_running_loop()
+    found: dict[str, None] = {}
+    for host in hosts:
+        try:
+            infos = await loop.getaddrinfo(host, None)
+        except OSError as exc:
+            log.warning("daemon.host_unresolved", host=host, error=str(exc))
+            continue
+        for info in infos:
+            found[str(info[4][0]).split("%", 1)[0]] = None
+    return list(found)
+
+
+class Daemon:
+    """One run of the intercepting daemon."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.pool = VipPool(config.dns_ip_range)
+        self.contexts = [ZitiContext(path, refresh_interval=config.refresh_interval)
+                         for path in config.identities]
+        self.journal: Journal | None = None
+        self.tun: LinuxTun | None = None
+        self.engine: Engine | None = None
+        self.resolver: system.SystemResolver | None = None
+        self.excluded: list[str] = []
+
+    async def run(self, stop: asyncio.Event) -> int:
+        """Start, serve until `stop` is set, stop; returns the exit code."""
+        path = journal_path(self.config.runtime_dir)
+        cleanup.recover(path)
+        upstreams = self._upstreams()
+        try:
+            started = await asyncio.gather(*(ctx.start_retrying(stop) for ctx in self.contexts))
+            if all(started):
+                self.journal = Journal.create(path)
+                await self._start(upstreams)
+                log.info("daemon.ready", tun=self.config.tun_name,
+                         dns_ip=str(self.pool.dns_ip), identities=len(self.contexts),
+                         upstreams=[f"{h}:{p}" for h, p in upstreams])
+                await stop.wait()
+        finally:
+            await self._stop()
+        return 0
+
+    def _upstreams(self) -> list[Upstream]:
+        if self.config.upstreams is not None:
+            return self.config.upstreams
+        found = system.read_upstreams(self.config.resolv_conf, str(self.pool.dns_ip))
+        result = []
+        for text in found:
+            with contextlib.suppress(TunnelerError):
+                result.append(parse_upstream(text if ":" not in text else f"[{text}]"))
+        return result
+
+    async def _start(self, upstreams: Sequence[Upstream]) -> None:
+        assert self.journal is not None
+        hosts = [ctx.identity.controller_address()[0] for ctx in self.contexts]
+        for ctx in self.contexts:
+            with contextlib.suppress(ControllerError):
+                hosts.extend(router.address[0] for router in await ctx.ctrl.edge_routers())
+        self.excluded = await _resolve_hosts(hosts)
+        self.journal.record(Step.delete_link(self.config.tun_name))
+        self.tun = LinuxTun(self.config.tun_name)
+        self.engine = Engine(self.tun, self.contexts, self.pool, limits=self.config.limits,
+                             upstreams=upstreams)
+        self._apply_routes()
+        await self.engine.start()
+        self._apply_routes()
+        for ctx in self.contexts:
+            ctx.subscribe(self._services_changed)
+        self._configure_resolver()
+
+    def _intercept_networks(self) -> list[str]:
+        """Intercepted IPs/CIDRs that may be routed into the TUN (others are logged, skipped)."""
+        networks = []
+        table = self.engine.policy.table if self.engine is not None else None
+        for network in sorted(table.networks() if table else (), key=str):
+            if not isinstance(network, ipaddress.IPv4Network) or network.subnet_of(
+                    self.pool.network):
+                continue
+            try:
+                validate_intercepts([str(network)], self.excluded)
+            except TunnelerError as exc:
+                log.warning("daemon.intercept_not_routed", network=str(network), error=str(exc))
+                continue
+            networks.append(str(network))
+        return networks
+
+    def _apply_routes(self) -> None:
+        desired = desired_config(
+            tun_name=self.config.tun_name,
+            addresses=[f"{self.pool.tun_ip}/{self.pool.network.prefixlen}"],
+            vip_cidr=str(self.pool.network), intercepts=self._intercept_networks(),
+            excluded=self.excluded, mtu=self.config.mtu)
+        routes.configure(desired, self.journal)
+
+    def _domains(self) -> list[str]:
+        assert self.engine is not None
+        table = self.engine.policy.table
+        return sorted(table.hostnames()) + sorted(f"*.{d}" for d in table.wildcard_domains())
+
+    def _configure_resolver(self) -> None:
+        method, reason = system.detect_method(self.config.resolv_conf,
+                                              no_dns_config=not self.config.dns_config)
+        log.info("daemon.resolver_method_chosen", method=method.value, reason=reason)
+        self.resolver = system.SystemResolver(
+            method, link=self.config.tun_name, dns_ip=str(self.pool.dns_ip),
+            domains=self._domains(), resolv_conf=self.config.resolv_conf,
+            route_all=self.config.dns_route_all, journal=self.journal)
+        self.resolver.apply()
+
+    def _services_changed(self, changes: ServiceChanges) -> None:
+        """A refresh changed some identity's services: re-plan intercepts, DNS and routes."""
+        if self.engine is None:
+            return
+        try:
+            self.engine.update_intercepts()
+            self._apply_routes()
+            resolver = self.resolver
+            if resolver is not None and resolver.method is system.Method.RESOLVED:
+                system.apply_resolved(resolver.link, resolver.dns_ip, self._domains(),
+                                      resolver.route_all)
+        except (TunnelerError, OSError) as exc:
+            log.error("daemon.policy_update_failed", error=str(exc))
+
+    async def _stop(self) -> None:
+        """Reverse order of `_start`; every step runs even when an earlier one failed."""
+        if self.engine is not None:
+            self.engine.drain()
+        if self.resolver is not None:
+            with contextlib.suppress(TunnelerError, OSError):
+                self.resolver.revert()
+        if self.engine is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.limits.drain_timeout + 1):
+                    await self.engine.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CONTEXT_CLOSE_TIMEOUT):
+                await asyncio.gather(*(ctx.close() for ctx in self.contexts),
+                                     return_exceptions=True)
+        if self.tun is not None:
+            self.tun.close()
+        if self.journal is not None:
+            failed = cleanup.rollback(self.journal)
+            log.info("daemon.stopped", undo_failures=failed)
+

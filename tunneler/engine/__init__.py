@@ -1,0 +1,12 @@
+"""The intercepting data path of ``tunneler run`` (design.md §2): the adapters around the cores.
+
+- ``stats``: counters and rate-limited logging shared by the pieces below.
+- ``tunreader``: the one reader/writer of the TUN, batching reads per loop turn.
+- ``tcp``: SYN handling, overlay dial, hairpin NAT, local listener, bridging.
+- ``udp``: UDP flows over one overlay connection each.
+- ``dnsserver``: DNS on the DNS IP over UDP (packet path) and TCP (hairpin), upstream forwarding.
+- ``policy``: intercepts from every identity's services; which context dials which service.
+- ``engine``: the packet dispatcher tying them together.
+"""
+
+from __future__ import annotations

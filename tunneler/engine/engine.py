@@ -1,0 +1,121 @@
+"""The packet dispatcher of ``tunneler run``: TUN packets to TCP, UDP and DNS handlers.
+
+``Engine(tun, contexts, pool, limits, upstreams)`` owns the pieces of the data path. ``start()``
+reserves the NAT address N from the pool (the first free VIP, held forever under a name that
+no intercept can carry), opens the listener, and starts reading the TUN; ``update_intercepts()``
+applies a service change (intercept table, DNS names, pool retirement) without touching
+existing flows; ``drain()`` refuses new flows; ``close()`` drains the rest and stops.
+Malformed packets are dropped and counted by reason (``drop_<reason>``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Sequence
+
+from tunneler.dns.answer import DnsResponder
+from tunneler.dns.pool import VipPool
+from tunneler.engine.dnsserver import DNS_PORT, DnsServer, Upstream
+from tunneler.engine.limits import Limits
+from tunneler.engine.policy import DialContext, InterceptPolicy
+from tunneler.engine.stats import Stats
+from tunneler.engine.tcp import TcpInterceptor
+from tunneler.engine.tunreader import TunPump
+from tunneler.engine.udp import UdpInterceptor
+from tunneler.log import get_logger
+from tunneler.packet.parse import PROTO_TCP, PROTO_UDP, DropReason, Parsed, parse
+from tunneler.tun.device import TunDevice
+
+log = get_logger("engine")
+
+NAT_NAME = "nat.tunneler.invalid"  # RFC 2606: never a real name, so never an intercept
+TICK = 1.0
+
+
+class Engine:
+    """The intercepting data path over one TUN device."""
+
+    def __init__(self, tun: TunDevice, contexts: Sequence[DialContext], pool: VipPool, *,
+                 limits: Limits | None = None, upstreams: Sequence[Upstream] = ()) -> None:
+        self.limits = limits or Limits()
+        self.stats = Stats()
+        self.pool = pool
+        self.pump = TunPump(tun, self.stats)
+        self.policy = InterceptPolicy(contexts, pool)
+        self.responder = DnsResponder(pool, upstream=bool(upstreams))
+        self.dns = DnsServer(self.pump, self.responder, self.stats, self.limits, upstreams,
+                             [pool.network, ipaddress.ip_network("127.0.0.0/8")])
+        self.udp = UdpInterceptor(self.pump, self.policy, pool, self.stats, self.limits)
+        self.tcp: TcpInterceptor | None = None
+        self._parsed = Parsed()
+        self._dns_ip = int(pool.dns_ip)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticker: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        """Reserve N, open the listener on T, load the intercepts, read the TUN."""
+        loop = self._loop = asyncio.get_running_loop()
+        nat_ip = self.pool.assign(NAT_NAME, loop.time())
+        self.pool.acquire(nat_ip, loop.time())  # a live "flow": never retired or reassigned
+        self.tcp = TcpInterceptor(self.pump, self.policy, self.pool, self.stats, self.limits,
+                                  self.dns.tcp_protocol, nat_ip)
+        await self.tcp.start()
+        self.update_intercepts()
+        self.pump.start(self.handle_packet)
+        self._ticker = loop.call_later(TICK, self._tick)
+        log.info("engine.started", tun_ip=str(self.pool.tun_ip), dns_ip=str(self.pool.dns_ip),
+                 nat_ip=str(nat_ip))
+
+    def update_intercepts(self) -> None:
+        """Services changed: rebuild the intercepts and the DNS names (flows are untouched)."""
+        assert self._loop is not None
+        self.policy.rebuild()
+        table = self.policy.table
+        self.responder.set_intercepts(table.hostnames(), table.wildcard_domains(),
+                                      self._loop.time())
+
+    def handle_packet(self, packet: memoryview) -> None:
+        """One packet read from the TUN."""
+        parsed = parse(packet, self._parsed)
+        if isinstance(parsed, DropReason):
+            self.stats.count(f"drop_{parsed.value}")
+            return
+        assert self._loop is not None and self.tcp is not None
+        now = self._loop.time()
+        if parsed.proto == PROTO_TCP:
+            self.tcp.handle(packet, parsed, now)
+        elif parsed.proto == PROTO_UDP:
+            if parsed.dst == self._dns_ip and parsed.dst_port == DNS_PORT:
+                self.dns.handle_udp(packet, parsed, now)
+            else:
+                self.udp.handle(packet, parsed, now)
+        else:
+            self.stats.count("drop_icmp")
+
+    def _tick(self) -> None:
+        assert self._loop is not None and self.tcp is not None
+        now = self._loop.time()
+        try:
+            self.tcp.expire(now)
+            self.udp.expire(now)
+        finally:
+            self._ticker = self._loop.call_later(TICK, self._tick)
+
+    def drain(self) -> None:
+        """Refuse new flows from now on (RST / ICMP), keep the open ones."""
+        if self.tcp is not None:
+            self.tcp.draining = True
+        self.udp.draining = True
+
+    async def close(self) -> None:
+        """Drain open TCP flows for up to ``Limits.drain_timeout``, then stop everything."""
+        self.drain()
+        if self.tcp is not None:
+            await self.tcp.close(self.limits.drain_timeout)
+        self.udp.close()
+        await self.dns.close()
+        self.pump.stop()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        log.info("engine.stopped", **self.stats.snapshot())

@@ -1,0 +1,166 @@
+"""Which flows are intercepted, and which identity dials them: built from every context's services.
+
+``InterceptPolicy(contexts)`` turns the services each identity may dial and that carry an
+``intercept.v1`` (or legacy ``ziti-tunneler-client.v1``) config into one ``InterceptTable``
+and a ``DialTarget`` per service (the context that dials it, the connect timeout from
+``dialOptions.connectTimeoutSeconds``, default 5 s as in ziti-edge-tunnel). ``rebuild()`` is
+called after every service refresh; a service whose config is invalid is skipped with a
+warning, never fatal. When two identities offer a service of the same name, the first wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any, Protocol
+
+from tunneler.client.conn import EdgeConnection, EdgeSink
+from tunneler.client.ctrl import ServiceInfo
+from tunneler.configs import (
+    INTERCEPT_V1,
+    TUNNELER_CLIENT_V1,
+    InterceptV1,
+    parse_intercept,
+    parse_tunneler_client,
+)
+from tunneler.dns.pool import VipPool
+from tunneler.errors import ConfigError
+from tunneler.intercept import (
+    FlowAddresses,
+    Intercept,
+    InterceptTable,
+    build_app_data,
+    expand_template,
+)
+from tunneler.log import get_logger
+
+log = get_logger("engine")
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+
+class DialContext(Protocol):
+    """What the engine needs from an identity context (``ZitiContext`` satisfies it)."""
+
+    services: dict[str, ServiceInfo]
+
+    @property
+    def name(self) -> str: ...
+
+    async def dial(self, service_name: str, sink: EdgeSink, *,
+                   app_data: dict[str, str | int | None] | None = None,
+                   timeout: float = ...) -> EdgeConnection: ...
+
+
+@dataclass(frozen=True)
+class DialTarget:
+    """How to dial one intercepted service."""
+
+    service: str
+    context: DialContext
+    connect_timeout: float
+
+
+@dataclass(frozen=True)
+class Match:
+    """The intercept a new flow matched, how to dial it, and the name behind its VIP."""
+
+    intercept: Intercept
+    target: DialTarget
+    hostname: str | None
+
+    def app_data(self, proto: str, src: int, src_port: int, dst: int,
+                 dst_port: int) -> dict[str, str | int | None]:
+        """The app data of the dial (openziti-protocol.md §6.5), with ``sourceIp`` expanded."""
+        flow = FlowAddresses(proto, str(IPv4Address(src)), src_port, str(IPv4Address(dst)),
+                             dst_port, self.hostname)
+        template = self.intercept.source_ip
+        source = None if template is None else expand_template(
+            template, flow, self.target.context.name, {})
+        return dict(build_app_data(flow, source))
+
+
+def _as_intercept_v1(config: InterceptV1) -> dict[str, Any]:
+    """The raw ``intercept.v1`` object of a validated (or converted legacy) config."""
+    raw: dict[str, Any] = {
+        "protocols": list(config.protocols),
+        "addresses": list(config.addresses),
+        "portRanges": [{"low": r.low, "high": r.high} for r in config.port_ranges],
+    }
+    if config.source_ip is not None:
+        raw["sourceIp"] = config.source_ip
+    if config.dial_options is not None and config.dial_options.identity is not None:
+        raw["dialOptions"] = {"identity": config.dial_options.identity}
+    return raw
+
+
+def intercept_config(service: ServiceInfo) -> InterceptV1 | None:
+    """The service's validated intercept config; None when it has none.
+
+    Raises:
+        ConfigError: the config is invalid.
+    """
+    if INTERCEPT_V1 in service.configs:
+        return parse_intercept(service.configs[INTERCEPT_V1], f"{service.name}.{INTERCEPT_V1}")
+    if TUNNELER_CLIENT_V1 in service.configs:
+        return parse_tunneler_client(service.configs[TUNNELER_CLIENT_V1],
+                                     f"{service.name}.{TUNNELER_CLIENT_V1}")
+    return None
+
+
+def _timeout(config: InterceptV1) -> float:
+    options = config.dial_options
+    if options is None or not options.connect_timeout_seconds:
+        return DEFAULT_CONNECT_TIMEOUT
+    return float(options.connect_timeout_seconds)
+
+
+class InterceptPolicy:
+    """The active intercepts of every identity, and their dial targets."""
+
+    def __init__(self, contexts: Sequence[DialContext], pool: VipPool) -> None:
+        self.contexts = list(contexts)
+        self.pool = pool
+        self.table = InterceptTable()
+        self.targets: dict[str, DialTarget] = {}
+
+    def rebuild(self) -> None:
+        """Re-read every context's services (call after a refresh changed them)."""
+        intercepts: list[Intercept] = []
+        targets: dict[str, DialTarget] = {}
+        for ctx in self.contexts:
+            for service in ctx.services.values():
+                if service.name in targets or "Dial" not in service.permissions:
+                    continue
+                try:
+                    config = intercept_config(service)
+                    if config is None:
+                        continue
+                    intercept = Intercept.from_intercept_v1(service.name,
+                                                            _as_intercept_v1(config))
+                except ConfigError as exc:
+                    log.warning("engine.intercept_invalid", service=service.name, error=str(exc))
+                    continue
+                intercepts.append(intercept)
+                targets[service.name] = DialTarget(service.name, ctx, _timeout(config))
+        self.table.set_intercepts(intercepts)
+        self.targets = targets
+        log.info("engine.intercepts_updated", services=len(targets),
+                 hostnames=len(self.table.hostnames()), networks=len(self.table.networks()))
+
+    def match(self, proto: str, dst: int, dst_port: int) -> Match | None:
+        """The intercept for a new ``proto`` flow to ``dst:dst_port`` (a VIP or an address)."""
+        ip = IPv4Address(dst)
+        hostname = None
+        if ip in self.pool.network:
+            hostname = self.pool.hostname_for(ip)
+            if hostname is None:
+                return None
+            intercept = self.table.lookup_hostname(proto, hostname, dst_port)
+        else:
+            intercept = self.table.lookup_address(proto, ip, dst_port)
+        if intercept is None:
+            return None
+        target = self.targets.get(intercept.service)
+        return None if target is None else Match(intercept, target, hostname)

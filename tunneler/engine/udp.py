@@ -1,0 +1,166 @@
+"""Intercepted UDP: one overlay connection per flow, datagram by datagram (design.md §2).
+
+A flow is the 4-tuple of the app's datagrams (``UdpFlowTable``). Its first datagram looks up
+the intercept (none: ICMP port unreachable) and dials the service; datagrams that arrive while
+the dial is pending are queued (at most ``Limits.max_udp_queued``, then dropped and counted).
+Each datagram from the service becomes one UDP packet ``VIP:vport -> app`` written into the
+TUN. A flow ends after ``udp_idle_timeout`` seconds without traffic either way, or when the
+overlay connection closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv4Address
+
+from tunneler.client.conn import EdgeConnection
+from tunneler.dns.pool import VipPool
+from tunneler.engine.limits import Limits
+from tunneler.engine.policy import InterceptPolicy, Match
+from tunneler.engine.stats import Stats
+from tunneler.engine.tunreader import TunPump
+from tunneler.errors import TunnelerError
+from tunneler.nat import NatDrop, OriginalDestination, UdpFlowTable
+from tunneler.packet.build import MAX_UDP_PAYLOAD, build_icmp_port_unreachable, build_udp4
+from tunneler.packet.parse import Parsed
+
+
+class UdpFlow:
+    """The edge sink of one UDP flow: replies become packets written into the TUN."""
+
+    def __init__(self, owner: UdpInterceptor, flow_id: int, key: OriginalDestination) -> None:
+        self.owner = owner
+        self.flow_id = flow_id
+        self.key = key
+        self.conn: EdgeConnection | None = None
+        self.queue: list[bytes] = []
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def send(self, payload: bytes) -> None:
+        """A datagram from the app."""
+        if self.conn is not None:
+            self.conn.write(payload)
+        elif len(self.queue) < self.owner.limits.max_udp_queued:
+            self.queue.append(payload)
+        else:
+            self.owner.stats.count("udp_queue_dropped")
+
+    def close(self) -> None:
+        """End the flow (idle, shutdown, or dial failure)."""
+        self.closed = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        if self.conn is not None:
+            self.conn.close()
+        self.queue.clear()
+
+    # -- EdgeSink ------------------------------------------------------------------------------
+    def edge_connected(self, conn: EdgeConnection) -> None:
+        self.conn = conn
+        for payload in self.queue:
+            conn.write(payload)
+        self.queue.clear()
+
+    def edge_data(self, data: bytes) -> None:
+        if self.closed or len(data) > MAX_UDP_PAYLOAD:
+            self.owner.stats.count("udp_reply_dropped")
+            return
+        key = self.key
+        self.owner.reply(self.flow_id, build_udp4(key.dst_ip, key.dst_port, key.src_ip,
+                                                  key.src_port, data))
+
+    def edge_eof(self) -> None:
+        """UDP has no half-close."""
+
+    def edge_closed(self, abrupt: bool) -> None:
+        self.owner.remove(self.flow_id)
+
+    def set_link_writable(self, writable: bool) -> None:
+        """Datagrams are dropped, never queued without bound: nothing to pause."""
+
+
+class UdpInterceptor:
+    """The UDP flows of intercepted services."""
+
+    def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, stats: Stats,
+                 limits: Limits) -> None:
+        self.pump = pump
+        self.policy = policy
+        self.pool = pool
+        self.stats = stats
+        self.limits = limits
+        self.table = UdpFlowTable(max_flows=limits.max_udp_flows,
+                                  idle_timeout=limits.udp_idle_timeout)
+        self._flows: dict[int, UdpFlow] = {}
+        self.draining = False
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def handle(self, packet: memoryview, parsed: Parsed, now: float) -> None:
+        """One UDP datagram from the app (not to the DNS IP)."""
+        result = self.table.flow_for(parsed, now)
+        if isinstance(result, NatDrop):
+            self.stats.count("udp_refused_flow_cap")
+            return
+        flow_id, created = result
+        payload = bytes(packet[parsed.payload_offset:])
+        if not created:
+            flow = self._flows.get(flow_id)
+            if flow is not None:
+                flow.send(payload)
+            return
+        match = None if self.draining or parsed.version != 4 else self.policy.match(
+            "udp", parsed.dst, parsed.dst_port)
+        if match is None:
+            self.table.remove(flow_id)
+            self.stats.count("udp_refused_no_intercept")
+            unreachable = build_icmp_port_unreachable(packet, parsed)
+            if unreachable is not None:
+                self.pump.write(unreachable)
+            return
+        key = OriginalDestination(parsed.src, parsed.src_port, parsed.dst, parsed.dst_port)
+        flow = UdpFlow(self, flow_id, key)
+        self._flows[flow_id] = flow
+        self.pool.acquire(IPv4Address(key.dst_ip), now)
+        flow.send(payload)
+        flow.task = asyncio.get_running_loop().create_task(self._dial(flow, match))
+        self.stats.count("udp_flows_opened")
+
+    async def _dial(self, flow: UdpFlow, match: Match) -> None:
+        key, target = flow.key, match.target
+        try:
+            await target.context.dial(
+                target.service, flow, timeout=target.connect_timeout,
+                app_data=match.app_data("udp", key.src_ip, key.src_port, key.dst_ip,
+                                        key.dst_port))
+        except (TunnelerError, OSError, TimeoutError) as exc:  # this flow only
+            self.stats.count("udp_dials_failed")
+            self.stats.warn("engine.udp_dial_failed", service=target.service, error=str(exc))
+            self.remove(flow.flow_id)
+
+    def reply(self, flow_id: int, packet: bytes) -> None:
+        """Write a reply datagram and keep the flow alive."""
+        self.table.touch(flow_id, asyncio.get_running_loop().time())
+        self.pump.write(packet)
+
+    def remove(self, flow_id: int) -> None:
+        """Forget a flow and close its connection."""
+        flow = self._flows.pop(flow_id, None)
+        self.table.remove(flow_id)
+        if flow is not None:
+            flow.close()
+            self.pool.release(IPv4Address(flow.key.dst_ip), asyncio.get_running_loop().time())
+            self.stats.count("udp_flows_closed")
+
+    def expire(self, now: float) -> None:
+        """End flows idle for the timeout."""
+        for flow_id in self.table.expire(now):
+            self.remove(flow_id)
+
+    def close(self) -> None:
+        """End every flow (shutdown)."""
+        self.draining = True
+        for flow_id in list(self._flows):
+            self.remove(flow_id)

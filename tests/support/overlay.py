@@ -8,6 +8,7 @@ it started (SIGTERM, then SIGKILL after a grace period) and reports their exit c
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import signal
 import socket
@@ -55,8 +56,9 @@ def tunneler(directory: Path, *args: str) -> None:
         raise RuntimeError(f"tunneler {' '.join(args)} failed:\n{result.stderr}")
 
 
+@functools.lru_cache(maxsize=4)
 def blob(size: int, seed: int = 1) -> bytes:
-    """Deterministic pseudo-random bytes (fast: a hash-chained 1 MiB block, repeated)."""
+    """Deterministic pseudo-random bytes (a hash-chained 1 MiB block, repeated; cached)."""
     block = bytearray()
     digest = seed.to_bytes(8, "little")
     while len(block) < 1 << 20:

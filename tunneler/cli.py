@@ -55,6 +55,26 @@ def _network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                        help="token lifetime in seconds (default 3 h)")
 
 
+def _ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands that talk to a running daemon over its control socket."""
+    commands = [
+        ("intercepts", "cmd_intercepts",
+         "list intercepts: address, VIP, service, ports, identity, router, flows, last error"),
+        ("status", "cmd_status",
+         "daemon health and counters; exit 0 healthy, 1 unhealthy, 2 no daemon"),
+        ("log-level", "cmd_log_level", "change the daemon's log level now"),
+        ("refresh", "cmd_refresh", "re-fetch services from the controller now"),
+    ]
+    for name, handler, help_text in commands:
+        parser = _add(sub, name, f"tunneler.ops.commands:{handler}", help_text)
+        parser.add_argument("--control-socket", default="/run/tunneler/tunneler.sock",
+                            help="the daemon's control socket (default %(default)s)")
+        if name in ("intercepts", "status"):
+            parser.add_argument("--json", action="store_true", help="stable JSON output")
+        if name == "log-level":
+            parser.add_argument("level", choices=["trace", "debug", "info", "warning", "error"])
+
+
 def _run_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = _add(sub, "run", "tunneler.daemon:cmd_run",
                "intercept mode: TUN device, DNS for service names, every flow over the overlay "
@@ -133,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="directory holding journal.json")
     cleanup.add_argument("--resolv-conf", default="/etc/resolv.conf")
     cleanup.add_argument("--log-level", default="info")
+
+    _ops_commands(sub)
 
     version = _add(sub, "version", "tunneler.cli:cmd_version", "print the version")
     version.add_argument("--json", action="store_true")

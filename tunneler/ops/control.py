@@ -1,0 +1,294 @@
+"""The control socket: a Unix socket speaking one JSON object per line, and its client.
+
+Request ``{"command": NAME, "data": {...}}`` → response
+``{"success": bool, "error": str | null, "data": ...}``. Commands: ``status``,
+``intercepts``, ``set_log_level`` (``{"level": "debug"}``) and ``refresh``.
+
+Access (reliability.md TM-23/SEC-26): the socket file is mode 0660 (group: the daemon's
+group or `group`), and every connection's peer is checked with SO_PEERCRED: root, the
+daemon's own user, or a member of the socket's group. Requests are capped at
+`MAX_REQUEST` bytes, clients at `MAX_CLIENTS`, idle connections close after
+`IDLE_TIMEOUT`. Answers never contain secrets: only the snapshot types of `snapshot`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import json
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from tunneler.errors import TunnelerError
+from tunneler.log import get_logger
+from tunneler.ops.render import status_json
+from tunneler.ops.snapshot import DaemonView, to_json
+
+log = get_logger("control")
+
+DEFAULT_SOCKET = Path("/run/tunneler/tunneler.sock")
+MAX_REQUEST = 64 * 1024
+MAX_RESPONSE = 16 * 1024 * 1024
+MAX_CLIENTS = 16
+IDLE_TIMEOUT = 30.0
+REFRESH_TIMEOUT = 30.0
+_PEERCRED = struct.Struct("3i")
+
+Handler = Callable[[DaemonView, dict[str, Any]], Awaitable[Any]]
+
+
+class ControlError(TunnelerError):
+    """The control socket could not be reached, refused us, or answered with an error."""
+
+
+# ---- commands --------------------------------------------------------------------------------
+
+
+async def _status(view: DaemonView, _data: dict[str, Any]) -> Any:
+    return status_json(view.status())
+
+
+async def _intercepts(view: DaemonView, _data: dict[str, Any]) -> Any:
+    return {"intercepts": to_json(view.intercepts())}
+
+
+async def _set_log_level(view: DaemonView, data: dict[str, Any]) -> Any:
+    level = data.get("level")
+    if not isinstance(level, str):
+        raise ValueError('set_log_level needs {"level": NAME}')
+    view.set_log_level(level)
+    log.info("control.log_level_changed", level=level)
+    return {"level": level}
+
+
+async def _refresh(view: DaemonView, _data: dict[str, Any]) -> Any:
+    async with asyncio.timeout(REFRESH_TIMEOUT):
+        return await view.refresh()
+
+
+COMMANDS: dict[str, Handler] = {
+    "status": _status,
+    "intercepts": _intercepts,
+    "set_log_level": _set_log_level,
+    "refresh": _refresh,
+}
+
+
+async def dispatch(view: DaemonView, line: bytes) -> dict[str, Any]:
+    """Answer one request line; never raises for bad input."""
+    try:
+        request = json.loads(line)
+        if not isinstance(request, dict):
+            raise ValueError("request must be a JSON object")
+        command, data = request.get("command"), request.get("data") or {}
+        handler = COMMANDS.get(command) if isinstance(command, str) else None
+        if handler is None:
+            raise ValueError(f"unknown command {command!r}; known: {', '.join(COMMANDS)}")
+        if not isinstance(data, dict):
+            raise ValueError("data must be a JSON object")
+        return {"success": True, "error": None, "data": await handler(view, data)}
+    except (ValueError, TunnelerError, TimeoutError) as exc:
+        return {"success": False, "error": str(exc) or type(exc).__name__, "data": None}
+
+
+# ---- access ----------------------------------------------------------------------------------
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix stream socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    pid, uid, gid = _PEERCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def _supplementary_groups(pid: int) -> set[int]:
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Groups:"):
+                return {int(g) for g in line.split()[1:]}
+    return set()
+
+
+def is_allowed(pid: int, uid: int, gid: int, socket_gid: int) -> bool:
+    """Root, our own user, or a member (primary or supplementary) of the socket's group."""
+    if uid in (0, os.geteuid()) or gid == socket_gid:
+        return True
+    return socket_gid in _supplementary_groups(pid)
+
+
+# ---- server ----------------------------------------------------------------------------------
+
+
+class ControlServer:
+    """Serves a `DaemonView` on a Unix socket until `close()`."""
+
+    def __init__(self, view: DaemonView, path: Path = DEFAULT_SOCKET, *,
+                 group: str | None = None) -> None:
+        self.view = view
+        self.path = path
+        self._group = group
+        self._gid = os.getegid()
+        self._server: asyncio.Server | None = None
+        self._clients = 0
+
+    async def start(self) -> None:
+        """Bind the socket (replacing a stale one), set its mode and group.
+
+        Raises:
+            ControlError: the path is taken by a live daemon or is not a socket.
+        """
+        _remove_stale(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._group is not None:
+            self._gid = _group_id(self._group)
+        old_umask = os.umask(0o117)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, self.path,
+                                                           limit=MAX_REQUEST)
+        finally:
+            os.umask(old_umask)
+        try:
+            os.chown(self.path, -1, self._gid)
+            os.chmod(self.path, 0o660)
+        except OSError as exc:
+            await self.close()
+            raise ControlError(f"control socket {self.path}: cannot set group "
+                               f"{self._gid}: {exc.strerror}") from None
+        log.info("control.listening", path=str(self.path), gid=self._gid)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock: socket.socket = writer.get_extra_info("socket")
+        try:
+            pid, uid, gid = peer_credentials(sock)
+            if not is_allowed(pid, uid, gid, self._gid):
+                log.warning("control.peer_refused", pid=pid, uid=uid, gid=gid)
+                await _answer(writer, {"success": False, "data": None,
+                                       "error": "permission denied: not root and not in the "
+                                                "tunneler socket's group"})
+                return
+            if self._clients >= MAX_CLIENTS:
+                await _answer(writer, {"success": False, "data": None,
+                                       "error": "too many control clients"})
+                return
+            self._clients += 1
+            try:
+                await self._requests(reader, writer)
+            finally:
+                self._clients -= 1
+        except (OSError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            try:
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    line = await reader.readline()
+            except (ValueError, asyncio.LimitOverrunError):
+                await _answer(writer, {"success": False, "data": None,
+                                       "error": f"request longer than {MAX_REQUEST} bytes"})
+                return
+            if not line:
+                return
+            await _answer(writer, await dispatch(self.view, line))
+
+
+async def _answer(writer: asyncio.StreamWriter, response: dict[str, Any]) -> None:
+    writer.write(json.dumps(response, ensure_ascii=False).encode() + b"\n")
+    await writer.drain()
+
+
+def _group_id(name: str) -> int:
+    try:
+        return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ControlError(f"control socket group {name!r} does not exist") from None
+
+
+def _remove_stale(path: Path) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ControlError(f"{path} exists and is not a socket; remove it or choose another path")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()
+            return
+    raise ControlError(f"another tunneler is already listening on {path}")
+
+
+# ---- client ----------------------------------------------------------------------------------
+
+
+def request(path: Path, command: str, data: dict[str, Any] | None = None, *,
+            timeout: float = REFRESH_TIMEOUT + 5) -> Any:
+    """Send one command and return its `data`.
+
+    Raises:
+        ControlError: no daemon listens there, we may not use it, or the command failed.
+    """
+    payload = json.dumps({"command": command, "data": data or {}}).encode() + b"\n"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(payload)
+            line = _read_line(sock)
+    except FileNotFoundError:
+        raise ControlError(f"no daemon: {path} does not exist (is tunneler running? "
+                           "is --control-socket right?)") from None
+    except PermissionError:
+        raise ControlError(f"permission denied on {path}: run as root or as a member "
+                           "of its group") from None
+    except (OSError, TimeoutError) as exc:
+        raise ControlError(f"control socket {path}: {exc or 'timed out'}") from None
+    return _unwrap(line)
+
+
+def _read_line(sock: socket.socket) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+        if chunk.endswith(b"\n"):
+            break
+        if size > MAX_RESPONSE:
+            raise ControlError(f"control answer longer than {MAX_RESPONSE} bytes")
+    return b"".join(chunks)
+
+
+def _unwrap(line: bytes) -> Any:
+    if not line:
+        raise ControlError("the daemon closed the control connection without answering")
+    try:
+        response = json.loads(line)
+    except ValueError:
+        raise ControlError("the daemon's answer is not JSON") from None
+    if not isinstance(response, dict) or not isinstance(response.get("success"), bool):
+        raise ControlError("the daemon's answer is not a control response")
+    if not response["success"]:
+        raise ControlError(str(response.get("error") or "command failed"))
+    return response.get("data")

@@ -1,0 +1,228 @@
+"""What a running daemon reports about itself: plain dataclasses and the `DaemonView` protocol.
+
+The daemon builds these values on request (cheap, no I/O); the control socket sends them as
+JSON (`to_json`) and the CLI reads them back (`from_json`, which validates every field so a
+bad answer is a clear error, never a crash). `problems(status)` is the one definition of
+health and readiness shared by `tunneler status`, `/ready` and sd_notify READY=1: a router
+channel is up, services are loaded, and (in intercept mode) the TUN, its routes and DNS are
+applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class InterceptRow:
+    """One intercepted address joined with everything that serves it."""
+
+    address: str                       # hostname, *.wildcard or CIDR as configured
+    service: str
+    identity: str
+    vips: tuple[str, ...] = ()         # virtual IPs handed out for it (empty for CIDRs)
+    protocols: tuple[str, ...] = ()    # "tcp", "udp"
+    ports: tuple[str, ...] = ()        # "443" or "8000-8100"
+    router: str | None = None          # edge router the service's flows go through now
+    router_latency_ms: float | None = None
+    active_flows: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class IdentityStatus:
+    """One loaded (or failed) identity."""
+
+    name: str
+    loaded: bool
+    controller_reachable: bool
+    api_session_expires_at: str | None = None   # ISO 8601, UTC
+    services: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class RouterStatus:
+    """One edge router known to an identity."""
+
+    name: str                          # tls://host:port
+    identity: str
+    connected: bool
+    latency_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class TunStatus:
+    """The TUN device and its routes (intercept mode only)."""
+
+    name: str
+    up: bool
+    routes_applied: bool
+    routes: int = 0
+
+
+@dataclass(frozen=True)
+class DnsStatus:
+    """Our DNS server and the OS resolver configuration pointing at it."""
+
+    address: str
+    method: str                        # systemd-resolved | resolv.conf | none
+    applied: bool
+    upstreams: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ServiceCounters:
+    flows_opened: int = 0
+    flows_active: int = 0
+    bytes_up: int = 0                  # application -> overlay
+    bytes_down: int = 0                # overlay -> application
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Non-cumulative bucket counts: counts[i] for values <= bounds[i], the last one +Inf."""
+
+    bounds: tuple[float, ...] = ()
+    counts: tuple[int, ...] = (0,)
+    total: float = 0.0
+    count: int = 0
+
+
+@dataclass(frozen=True)
+class PoolUsage:
+    size: int
+    used: int
+
+
+@dataclass(frozen=True)
+class Counters:
+    services: dict[str, ServiceCounters] = field(default_factory=dict)
+    dns: dict[str, int] = field(default_factory=dict)              # answered/forwarded/...
+    dial_failures: dict[str, int] = field(default_factory=dict)    # by reason
+    packets_dropped: dict[str, int] = field(default_factory=dict)  # by reason
+    dial_latency: Histogram = field(default_factory=Histogram)
+    vip_pool: PoolUsage | None = None
+    buffer_high_water: dict[str, int] = field(default_factory=dict)  # bytes, by buffer
+
+    def total(self, name: str) -> int:
+        """Sum of one `ServiceCounters` field over all services."""
+        return sum(int(getattr(s, name)) for s in self.services.values())
+
+
+@dataclass(frozen=True)
+class Status:
+    version: str
+    mode: str                          # intercept | host
+    uptime_s: float
+    services_loaded: bool
+    identities: tuple[IdentityStatus, ...] = ()
+    routers: tuple[RouterStatus, ...] = ()
+    tun: TunStatus | None = None
+    dns: DnsStatus | None = None
+    counters: Counters = field(default_factory=Counters)
+
+
+class DaemonView(Protocol):
+    """What a running daemon exposes to the ops layer (implemented by the daemon itself)."""
+
+    def intercepts(self) -> list[InterceptRow]:
+        """One row per intercepted address, in a stable order."""
+
+    def status(self) -> Status:
+        """A consistent snapshot of state and counters."""
+
+    async def refresh(self) -> dict[str, int]:
+        """Re-fetch services from the controller now; returns {"added": n, ...} totals."""
+
+    def set_log_level(self, level: str) -> None:
+        """Change the log level; raises ValueError for an unknown level."""
+
+
+def problems(status: Status) -> list[str]:
+    """Why the daemon is not ready/healthy; empty when it is."""
+    found = [f"identity {i.name} not loaded: {i.error or 'unknown error'}"
+             for i in status.identities if not i.loaded]
+    if not status.identities:
+        found.append("no identity loaded")
+    if not any(r.connected for r in status.routers):
+        found.append("no edge router connected")
+    if not status.services_loaded:
+        found.append("services not loaded")
+    if status.tun is not None and not status.tun.up:
+        found.append(f"TUN {status.tun.name} is down")
+    if status.tun is not None and not status.tun.routes_applied:
+        found.append("routes not applied")
+    if status.dns is not None and not status.dns.applied:
+        found.append("DNS not applied")
+    return found
+
+
+# ---- JSON ------------------------------------------------------------------------------------
+
+
+def to_json(value: Any) -> Any:
+    """A dataclass (or list of them) as JSON-ready dicts and lists, fields in declared order."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    return value
+
+
+def from_json(cls: type[T], data: Any, where: str = "$") -> T:
+    """Rebuild dataclass `cls` from `to_json` output.
+
+    Raises:
+        ValueError: a field is missing or has the wrong type (the message names its path).
+    """
+    decoded = _decode(cls, data, where)
+    return typing.cast(T, decoded)
+
+
+def _decode(tp: Any, data: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _decode_dataclass(tp, data, where)
+    if origin in (types.UnionType, typing.Union):
+        if data is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _decode(inner[0], data, where)
+    if origin is tuple:
+        _expect(isinstance(data, list), where, "a list")
+        return tuple(_decode(args[0], v, f"{where}[{n}]") for n, v in enumerate(data))
+    if origin is dict:
+        _expect(isinstance(data, dict), where, "an object")
+        return {str(k): _decode(args[1], v, f"{where}.{k}") for k, v in data.items()}
+    if tp is float:
+        _expect(isinstance(data, int | float) and not isinstance(data, bool), where, "a number")
+        return float(data)
+    _expect(isinstance(data, tp) and (tp is bool or not isinstance(data, bool)), where,
+            f"a {tp.__name__}")
+    return data
+
+
+def _decode_dataclass(cls: Any, data: Any, where: str) -> Any:
+    _expect(isinstance(data, dict), where, "an object")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            values[f.name] = _decode(hints[f.name], data[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"{where}.{f.name}: missing")
+    return cls(**values)
+
+
+def _expect(ok: bool, where: str, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{where}: expected {what}")

@@ -115,11 +115,14 @@ class Daemon:
         self.engine: Engine | None = None
         self.resolver: system.SystemResolver | None = None
         self.excluded: list[str] = []
+        self._routes_lock = asyncio.Lock()
+        self._updates: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> int:
         """Start, serve until `stop` is set, stop; returns the exit code."""
         path = journal_path(self.config.runtime_dir)
-        cleanup.recover(path)
+        # pyroute2 runs its own event loop: every netlink call goes to a worker thread.
+        await asyncio.to_thread(cleanup.recover, path)
         upstreams = self._upstreams()
         try:
             started = await asyncio.gather(*(ctx.start_retrying(stop) for ctx in self.contexts))
@@ -146,7 +149,7 @@ class Daemon:
 
     async def _start(self, upstreams: Sequence[Upstream]) -> None:
         assert self.journal is not None
-        hosts = [ctx.identity.controller_address()[0] for ctx in self.contexts]
+        hosts = [ctx.identity.controller_address[0] for ctx in self.contexts]
         for ctx in self.contexts:
             with contextlib.suppress(ControllerError):
                 hosts.extend(router.address[0] for router in await ctx.ctrl.edge_routers())
@@ -155,12 +158,12 @@ class Daemon:
         self.tun = LinuxTun(self.config.tun_name)
         self.engine = Engine(self.tun, self.contexts, self.pool, limits=self.config.limits,
                              upstreams=upstreams)
-        self._apply_routes()
+        await self._apply_routes()
         await self.engine.start()
-        self._apply_routes()
+        await self._apply_routes()
         for ctx in self.contexts:
             ctx.subscribe(self._services_changed)
-        self._configure_resolver()
+        await asyncio.to_thread(self._configure_resolver)
 
     def _intercept_networks(self) -> list[str]:
         """Intercepted IPs/CIDRs that may be routed into the TUN (others are logged, skipped)."""
@@ -178,13 +181,14 @@ class Daemon:
             networks.append(str(network))
         return networks
 
-    def _apply_routes(self) -> None:
+    async def _apply_routes(self) -> None:
         desired = desired_config(
             tun_name=self.config.tun_name,
             addresses=[f"{self.pool.tun_ip}/{self.pool.network.prefixlen}"],
             vip_cidr=str(self.pool.network), intercepts=self._intercept_networks(),
             excluded=self.excluded, mtu=self.config.mtu)
-        routes.configure(desired, self.journal)
+        async with self._routes_lock:
+            await asyncio.to_thread(routes.configure, desired, self.journal)
 
     def _domains(self) -> list[str]:
         assert self.engine is not None
@@ -205,15 +209,22 @@ class Daemon:
         """A refresh changed some identity's services: re-plan intercepts, DNS and routes."""
         if self.engine is None:
             return
+        self.engine.update_intercepts()
+        task = asyncio.get_running_loop().create_task(self._update_host())
+        self._updates.add(task)
+        task.add_done_callback(self._updates.discard)
+
+    async def _update_host(self) -> None:
         try:
-            self.engine.update_intercepts()
-            self._apply_routes()
+            await self._apply_routes()
             resolver = self.resolver
             if resolver is not None and resolver.method is system.Method.RESOLVED:
-                system.apply_resolved(resolver.link, resolver.dns_ip, self._domains(),
-                                      resolver.route_all)
+                await asyncio.to_thread(system.apply_resolved, resolver.link, resolver.dns_ip,
+                                        self._domains(), resolver.route_all)
         except (TunnelerError, OSError) as exc:
             log.error("daemon.policy_update_failed", error=str(exc))
+        else:
+            log.info("daemon.policy_applied", networks=len(self._intercept_networks()))
 
     async def _stop(self) -> None:
         """Reverse order of `_start`; every step runs even when an earlier one failed."""
@@ -221,7 +232,7 @@ class Daemon:
             self.engine.drain()
         if self.resolver is not None:
             with contextlib.suppress(TunnelerError, OSError):
-                self.resolver.revert()
+                await asyncio.to_thread(self.resolver.revert)
         if self.engine is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.limits.drain_timeout + 1):
@@ -232,7 +243,10 @@ class Daemon:
                                      return_exceptions=True)
         if self.tun is not None:
             self.tun.close()
-        if self.journal is not None:
-            failed = cleanup.rollback(self.journal)
-            log.info("daemon.stopped", undo_failures=failed)
+        for task in list(self._updates):
+            task.cancel()
+        async with self._routes_lock:
+            if self.journal is not None:
+                failed = await asyncio.to_thread(cleanup.rollback, self.journal)
+                log.info("daemon.stopped", undo_failures=failed)
 

@@ -73,8 +73,9 @@ def test_problems_name_each_failed_condition() -> None:
 
 def test_stats_counts_and_keeps_high_water() -> None:
     counters = busy_view().status().counters
-    assert counters.total("flows_opened") == 3
-    assert counters.total("flows_active") == 2
+    assert counters.flows.flows_opened == 3
+    assert counters.flows.flows_active == 2
+    assert counters.flows.bytes_up == 1500
     assert counters.services["llm"].bytes_down == 3 * 1024 * 1024
     assert counters.dial_failures == {"timeout": 1}
     assert counters.dns["answered"] == 1

@@ -102,6 +102,13 @@ def _service_metrics(status: Status) -> Iterator[Any]:
         moved.add_metric([name, "up"], svc.bytes_up)
         moved.add_metric([name, "down"], svc.bytes_down)
     yield from (opened, active, moved)
+    totals = status.counters.flows
+    yield CounterMetricFamily(f"{PREFIX}_flows", "flows opened", value=totals.flows_opened)
+    yield _gauge("flows_active", "open flows", totals.flows_active)
+    total_bytes = CounterMetricFamily(f"{PREFIX}_bytes", "bytes relayed", labels=["direction"])
+    total_bytes.add_metric(["up"], totals.bytes_up)
+    total_bytes.add_metric(["down"], totals.bytes_down)
+    yield total_bytes
 
 
 def _counter_metrics(status: Status) -> Iterator[Any]:

@@ -111,11 +111,10 @@ def _by_key(counts: dict[str, int]) -> str:
 
 
 def _counter_lines(counters: Counters) -> list[str]:
+    flows = counters.flows
     lines = [
-        f"flows       opened {counters.total('flows_opened')}, "
-        f"active {counters.total('flows_active')}",
-        f"bytes       up {human_bytes(counters.total('bytes_up'))}, "
-        f"down {human_bytes(counters.total('bytes_down'))}",
+        f"flows       opened {flows.flows_opened}, active {flows.flows_active}",
+        f"bytes       up {human_bytes(flows.bytes_up)}, down {human_bytes(flows.bytes_down)}",
         f"dns         {_by_key(counters.dns)}",
         f"dial fails  {_by_key(counters.dial_failures)}",
         f"drops       {_by_key(counters.packets_dropped)}",

@@ -17,6 +17,7 @@ from tunneler.log import get_logger
 log = get_logger("sdnotify")
 
 MAX_STATUS = 200
+SEND_TIMEOUT = 0.5
 
 
 def _address(value: str) -> str:
@@ -57,10 +58,10 @@ class Notifier:
             return False
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.setblocking(False)
+            self._sock.settimeout(SEND_TIMEOUT)   # a full queue: wait briefly, never lose READY
         try:
             self._sock.sendto("\n".join(fields).encode(), self.address)
-        except OSError as exc:
+        except (OSError, TimeoutError) as exc:
             log.warning("sdnotify.send_failed", error=str(exc), fields=[f.split("=")[0]
                                                                          for f in fields])
             return False

@@ -103,17 +103,14 @@ class PoolUsage:
 
 @dataclass(frozen=True)
 class Counters:
-    services: dict[str, ServiceCounters] = field(default_factory=dict)
+    flows: ServiceCounters = field(default_factory=ServiceCounters)   # totals of all services
+    services: dict[str, ServiceCounters] = field(default_factory=dict)  # per service, if known
     dns: dict[str, int] = field(default_factory=dict)              # answered/forwarded/...
     dial_failures: dict[str, int] = field(default_factory=dict)    # by reason
     packets_dropped: dict[str, int] = field(default_factory=dict)  # by reason
     dial_latency: Histogram = field(default_factory=Histogram)
     vip_pool: PoolUsage | None = None
     buffer_high_water: dict[str, int] = field(default_factory=dict)  # bytes, by buffer
-
-    def total(self, name: str) -> int:
-        """Sum of one `ServiceCounters` field over all services."""
-        return sum(int(getattr(s, name)) for s in self.services.values())
 
 
 @dataclass(frozen=True)

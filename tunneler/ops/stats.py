@@ -111,9 +111,12 @@ class Stats:
             name: ServiceCounters(s.flows_opened, s.flows_active, s.bytes_up, s.bytes_down)
             for name, s in self._services.items()
         }
+        totals = ServiceCounters(*(sum(getattr(s, f) for s in services.values())
+                                   for f in ("flows_opened", "flows_active", "bytes_up",
+                                             "bytes_down")))
         latency = Histogram(self._bounds, tuple(self._buckets), self._latency_sum,
                             sum(self._buckets))
-        return Counters(services=services, dns=dict(self.dns),
+        return Counters(flows=totals, services=services, dns=dict(self.dns),
                         dial_failures=dict(self.dial_failures),
                         packets_dropped=dict(self.packets_dropped), dial_latency=latency,
                         vip_pool=vip_pool, buffer_high_water=dict(self.buffer_high_water))

@@ -1,0 +1,210 @@
+"""`DaemonView`s of the two daemons: `InterceptView` (`tunneler run`), `HostView` (`run-host`).
+
+They read the running objects on request and build `snapshot` values; nothing here changes
+the data path except `refresh()` (a service refresh now) and `set_log_level()`.
+Router links are read from `ZitiContext`'s link table, the one place that knows them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from tunneler import __version__, log
+from tunneler.client.context import ZitiContext
+from tunneler.errors import ControllerError
+from tunneler.intercept import Intercept
+from tunneler.ops.snapshot import (
+    Counters,
+    DnsStatus,
+    IdentityStatus,
+    InterceptRow,
+    PoolUsage,
+    RouterStatus,
+    ServiceCounters,
+    Status,
+    TunStatus,
+)
+from tunneler.ops.stats import Stats
+
+if TYPE_CHECKING:
+    from tunneler.daemon import Daemon
+    from tunneler.host import ServiceHost
+
+logger = log.get_logger("ops")
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def router_statuses(ctx: ZitiContext) -> list[RouterStatus]:
+    """Every router the controller listed for `ctx`, plus any other live link."""
+    links = ctx._links
+    urls = [r.url for r in ctx._routers] + [u for u in links if u not in
+                                            {r.url for r in ctx._routers}]
+    return [RouterStatus(url, ctx.name, url in links and not links[url].closed,
+                         _ms(links[url].latency) if url in links else None) for url in urls]
+
+
+def best_router(ctx: ZitiContext) -> RouterStatus | None:
+    """The link new flows of `ctx` use now (the lowest latency connected one)."""
+    up = [r for r in router_statuses(ctx) if r.connected]
+    return min(up, key=lambda r: float("inf") if r.latency_ms is None else r.latency_ms,
+               default=None)
+
+
+class ContextsView:
+    """What both daemons share: identities, routers, refresh and log level."""
+
+    def __init__(self, contexts: Sequence[ZitiContext], stats: Stats | None = None) -> None:
+        self.contexts = list(contexts)
+        self.stats = stats or Stats()
+        self.started = time.monotonic()
+        self._errors: dict[int, str] = {}
+
+    def identities(self) -> tuple[IdentityStatus, ...]:
+        result = []
+        for n, ctx in enumerate(self.contexts):
+            session = ctx.ctrl.api_session
+            expires = session.expires_at.isoformat() if session and session.expires_at else None
+            error = self._errors.get(n)
+            result.append(IdentityStatus(ctx.name, session is not None,
+                                         session is not None and error is None, expires,
+                                         len(ctx.services), error))
+        return tuple(result)
+
+    def routers(self) -> tuple[RouterStatus, ...]:
+        return tuple(r for ctx in self.contexts for r in router_statuses(ctx))
+
+    def uptime(self) -> float:
+        return round(time.monotonic() - self.started, 3)
+
+    async def refresh(self) -> dict[str, int]:
+        """Ask every controller for its service list now (listeners see the changes)."""
+        totals = {"added": 0, "changed": 0, "removed": 0, "failed": 0}
+        results = await asyncio.gather(*(ctx.refresh_services() for ctx in self.contexts),
+                                       return_exceptions=True)
+        for n, result in enumerate(results):
+            if isinstance(result, ControllerError | OSError | TimeoutError):
+                self._errors[n] = f"controller: {result}"
+                totals["failed"] += 1
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self._errors.pop(n, None)
+                for key in ("added", "changed", "removed"):
+                    totals[key] += len(getattr(result, key)) if result is not None else 0
+        logger.info("ops.services_refreshed", **totals)
+        return totals
+
+    def set_log_level(self, level: str) -> None:
+        log.set_level(level)
+
+
+def _address_texts(intercept: Intercept) -> list[str]:
+    texts = []
+    for address in intercept.addresses:
+        if address.network is not None:
+            texts.append(str(address.network))
+        elif address.wildcard is not None:
+            texts.append(f"*.{address.wildcard}")
+        elif address.hostname is not None:
+            texts.append(address.hostname)
+    return texts
+
+
+def _ports(intercept: Intercept) -> tuple[str, ...]:
+    return tuple(str(low) if low == high else f"{low}-{high}"
+                 for low, high in intercept.port_ranges)
+
+
+def engine_counters(raw: Mapping[str, int], dns: Mapping[str, int]) -> Counters:
+    """Map the engine's flat counters (`tcp_flows_opened`, `drop_<reason>`, ...) to `Counters`."""
+    def total(*names: str) -> int:
+        return sum(raw.get(n, 0) for n in names)
+
+    opened = total("tcp_flows_opened", "udp_flows_opened")
+    ended = total("tcp_flows_closed", "tcp_flows_expired", "udp_flows_closed")
+    drops = {k.removeprefix("drop_"): v for k, v in raw.items() if k.startswith("drop_")}
+    drops.update({k: v for k, v in raw.items() if k.endswith("_dropped")})
+    failures: dict[str, int] = {}
+    for key, value in raw.items():
+        if "_refused_" in key:
+            reason = key.split("_refused_", 1)[1]
+            failures[reason] = failures.get(reason, 0) + value
+    failures["dial_failed"] = total("tcp_dials_failed", "udp_dials_failed")
+    dns_dropped = sum(v for k, v in dns.items() if k not in ("reply", "forward"))
+    return Counters(
+        flows=ServiceCounters(opened, max(0, opened - ended)),
+        dns={"answered": dns.get("reply", 0), "forwarded": total("dns_forwarded"),
+             "refused": total("dns_refused_in_flight_cap", "dns_upstream_failed"),
+             "dropped": dns_dropped},
+        dial_failures=failures, packets_dropped=drops)
+
+
+class InterceptView(ContextsView):
+    """The view of `tunneler run`."""
+
+    def __init__(self, daemon: Daemon, stats: Stats | None = None) -> None:
+        super().__init__(daemon.contexts, stats)
+        self.daemon = daemon
+
+    def intercepts(self) -> list[InterceptRow]:
+        engine = self.daemon.engine
+        if engine is None:
+            return []
+        rows = []
+        for intercept in engine.policy.table.intercepts:
+            target = engine.policy.targets.get(intercept.service)
+            ctx = target.context if target is not None else None
+            router = best_router(ctx) if isinstance(ctx, ZitiContext) else None
+            for address in _address_texts(intercept):
+                vip = self.daemon.pool.lookup(address)
+                rows.append(InterceptRow(
+                    address, intercept.service, ctx.name if ctx is not None else "-",
+                    (str(vip),) if vip is not None else (), tuple(sorted(intercept.protocols)),
+                    _ports(intercept), router.name if router else None,
+                    router.latency_ms if router else None,
+                    self.stats.active_flows(intercept.service),
+                    self.stats.last_error(intercept.service)))
+        return rows
+
+    def status(self) -> Status:
+        daemon, engine = self.daemon, self.daemon.engine
+        pool = PoolUsage(daemon.pool.capacity, daemon.pool.in_use)
+        counters = self.stats.snapshot(pool)
+        if engine is not None and not counters.services:
+            base = engine_counters(engine.stats.snapshot(), engine.responder.counters)
+            counters = Counters(flows=base.flows, dns=base.dns, dial_failures=base.dial_failures,
+                                packets_dropped=base.packets_dropped,
+                                dial_latency=counters.dial_latency, vip_pool=pool,
+                                buffer_high_water=counters.buffer_high_water)
+        tun = TunStatus(daemon.config.tun_name, daemon.tun is not None,
+                        daemon.tun is not None and engine is not None,
+                        len(daemon._intercept_networks()) + 1 if engine is not None else 0)
+        resolver = daemon.resolver
+        dns = DnsStatus(str(daemon.pool.dns_ip),
+                        resolver.method.value if resolver is not None else "pending",
+                        resolver is not None,
+                        tuple(f"{h}:{p}" for h, p in engine.dns.upstreams) if engine else ())
+        return Status(__version__, "intercept", self.uptime(), engine is not None,
+                      self.identities(), self.routers(), tun, dns, counters)
+
+
+class HostView(ContextsView):
+    """The view of `tunneler run-host` (no intercepts, no TUN, no DNS)."""
+
+    def __init__(self, hosts: Sequence[ServiceHost], stats: Stats | None = None) -> None:
+        super().__init__([h.ctx for h in hosts], stats)
+        self.hosts = list(hosts)
+        self.services_loaded = False
+
+    def intercepts(self) -> list[InterceptRow]:
+        return []
+
+    def status(self) -> Status:
+        return Status(__version__, "host", self.uptime(), self.services_loaded,
+                      self.identities(), self.routers(), counters=self.stats.snapshot())

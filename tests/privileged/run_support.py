@@ -164,7 +164,8 @@ class Deployment:
             time.sleep(0.3)
 
     def run_host(self, ns: Namespace, identity: Path, bound: int) -> None:
-        self.start(ns, "host", [*TUNNELER, "run-host", "--identity", str(identity)])
+        self.start(ns, "host", [*TUNNELER, "run-host", "--identity", str(identity),
+                               "--refresh-interval", "1"])
         self.wait_log("host", "host.service_bound", count=bound)
 
     def run_client(self, ns: Namespace, identity: Path, *extra: str) -> None:

@@ -165,7 +165,9 @@ class TcpNat:
             and parsed.dst == self.nat_ip
         )
 
-    def translate(self, packet: bytearray | memoryview, parsed: Parsed, now: float) -> NatDrop | None:
+    def translate(
+        self, packet: bytearray | memoryview, parsed: Parsed, now: float
+    ) -> NatDrop | None:
         """Rewrite ``packet`` in place in whichever direction it travels."""
         if parsed.version != 4 or parsed.proto != PROTO_TCP:
             return self._drop(NatDrop.NOT_TCP4)
@@ -173,7 +175,9 @@ class TcpNat:
             return self.inbound(packet, parsed, now)
         return self.outbound(packet, parsed, now)
 
-    def outbound(self, packet: bytearray | memoryview, parsed: Parsed, now: float) -> NatDrop | None:
+    def outbound(
+        self, packet: bytearray | memoryview, parsed: Parsed, now: float
+    ) -> NatDrop | None:
         """Rewrite ``T:sport -> VIP:vport`` to ``N:natport -> T:L``, opening a flow on SYN."""
         if parsed.version != 4 or parsed.proto != PROTO_TCP:
             return self._drop(NatDrop.NOT_TCP4)
@@ -198,7 +202,9 @@ class TcpNat:
         )
         return None
 
-    def inbound(self, packet: bytearray | memoryview, parsed: Parsed, now: float) -> NatDrop | None:
+    def inbound(
+        self, packet: bytearray | memoryview, parsed: Parsed, now: float
+    ) -> NatDrop | None:
         """Rewrite a listener reply ``T:L -> N:natport`` to ``VIP:vport -> T:sport``."""
         if parsed.version != 4 or parsed.proto != PROTO_TCP or not self.is_inbound(parsed):
             return self._drop(NatDrop.NOT_TCP4)

@@ -199,5 +199,11 @@ def test_config_from_args() -> None:
     parser = argparse.ArgumentParser()
     runtime.add_arguments(parser)
     args = parser.parse_args(["--metrics-listen", "127.0.0.1:9100", "--control-group", "ops"])
-    assert OpsConfig.from_args(args) == OpsConfig(control.DEFAULT_SOCKET, "ops", "127.0.0.1:9100")
+    assert OpsConfig.from_args(args) == OpsConfig(None, "ops", "127.0.0.1:9100")   # run-host
+    args.runtime_dir = "/run/tunneler"                                              # run
+    assert OpsConfig.from_args(args).control_socket == control.DEFAULT_SOCKET
+    args.runtime_dir = "/tmp/x"
+    assert OpsConfig.from_args(args).control_socket == Path("/tmp/x/tunneler.sock")
     assert OpsConfig.from_args(parser.parse_args(["--control-socket", ""])).control_socket is None
+    explicit = parser.parse_args(["--control-socket", "/run/h.sock"])
+    assert OpsConfig.from_args(explicit).control_socket == Path("/run/h.sock")

@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunneler.errors import ConfigError
 from tunneler.log import get_logger
@@ -30,6 +31,7 @@ from tunneler.ops.snapshot import DaemonView, problems
 log = get_logger("ops")
 
 READY_POLL = 0.25
+SOCKET_NAME = DEFAULT_SOCKET.name
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,12 @@ class OpsConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> OpsConfig:
-        socket_path = getattr(args, "control_socket", str(DEFAULT_SOCKET))
+        """From `add_arguments` options; the socket defaults to RUNTIME_DIR/tunneler.sock
+        when the command has a --runtime-dir (`run`), else to none (`run-host`)."""
+        socket_path = getattr(args, "control_socket", None)
+        runtime_dir = getattr(args, "runtime_dir", None)
+        if socket_path is None and runtime_dir is not None:
+            socket_path = str(Path(runtime_dir) / SOCKET_NAME)
         return cls(control_socket=Path(socket_path) if socket_path else None,
                    control_group=getattr(args, "control_group", None),
                    metrics_listen=getattr(args, "metrics_listen", None))
@@ -48,9 +55,10 @@ class OpsConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The daemon-side options: --control-socket, --control-group, --metrics-listen."""
-    parser.add_argument("--control-socket", default=str(DEFAULT_SOCKET),
-                        help="Unix socket for `tunneler status/intercepts/...` "
-                             f"(default {DEFAULT_SOCKET}; empty string: none)")
+    parser.add_argument("--control-socket",
+                        help="Unix socket for `tunneler status/intercepts/...` (default for "
+                             f"`run`: RUNTIME_DIR/{SOCKET_NAME}, i.e. {DEFAULT_SOCKET}; "
+                             "for `run-host`: none; empty string: none)")
     parser.add_argument("--control-group",
                         help="group allowed to use the control socket (default: our group)")
     parser.add_argument("--metrics-listen", metavar="IP:PORT",
@@ -61,8 +69,10 @@ class Ops:
     """Running control socket, metrics listener and service-manager notifications."""
 
     def __init__(self, view: DaemonView, config: OpsConfig,
-                 notifier: Notifier | None = None) -> None:
+                 notifier: Notifier | None = None,
+                 background: Sequence[Coroutine[Any, Any, None]] = ()) -> None:
         self.view = view
+        self._background = list(background)
         self.config = config
         self.notifier = notifier or Notifier()
         self.control: ControlServer | None = None
@@ -93,6 +103,8 @@ class Ops:
         if self.notifier.enabled and interval is not None:
             self._tasks.append(loop.create_task(run_watchdog(self.notifier, interval)))
         self._tasks.append(loop.create_task(self._watch_readiness()))
+        self._tasks.extend(loop.create_task(coro) for coro in self._background)
+        self._background = []
 
     async def _watch_readiness(self) -> None:
         last: list[str] | None = None
@@ -127,6 +139,8 @@ class Ops:
 
     async def close(self) -> None:
         self.stopping()
+        for coro in self._background:      # never started (start() failed early)
+            coro.close()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -138,10 +152,11 @@ class Ops:
 
 
 @contextlib.asynccontextmanager
-async def serve(view: DaemonView, config: OpsConfig,
-                notifier: Notifier | None = None) -> AsyncIterator[Ops]:
-    """Start `Ops` for `view`; stop it (STOPPING=1, listeners closed) on exit."""
-    ops = Ops(view, config, notifier)
+async def serve(view: DaemonView, config: OpsConfig, notifier: Notifier | None = None,
+                background: Sequence[Coroutine[Any, Any, None]] = ()) -> AsyncIterator[Ops]:
+    """Start `Ops` for `view` (and the `background` coroutines, e.g. `view.keep_links()`);
+    stop it all (STOPPING=1, tasks cancelled, listeners closed) on exit."""
+    ops = Ops(view, config, notifier, background)
     try:
         await ops.start()
         yield ops

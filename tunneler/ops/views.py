@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from tunneler import __version__, log
 from tunneler.client.context import ZitiContext
-from tunneler.errors import ControllerError
+from tunneler.errors import ControllerError, DialError
 from tunneler.intercept import Intercept
 from tunneler.ops.snapshot import (
     Counters,
@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from tunneler.host import ServiceHost
 
 logger = log.get_logger("ops")
+
+LINK_CHECK_INTERVAL = 2.0
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -102,6 +104,19 @@ class ContextsView:
 
     def set_log_level(self, level: str) -> None:
         log.set_level(level)
+
+    async def keep_links(self, interval: float = LINK_CHECK_INTERVAL) -> None:
+        """Keep one router channel per identity up (links are otherwise opened by dials),
+        so readiness means "a flow can start now"; reconnects follow each context's backoff."""
+        while True:
+            for ctx in self.contexts:
+                if ctx.ctrl.api_session is None or best_router(ctx) is not None:
+                    continue
+                try:
+                    await ctx.link_for([])
+                except (DialError, ControllerError, OSError) as exc:
+                    logger.debug("ops.router_link_pending", identity=ctx.name, error=str(exc))
+            await asyncio.sleep(interval)
 
 
 def _address_texts(intercept: Intercept) -> list[str]:

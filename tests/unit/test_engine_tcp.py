@@ -187,3 +187,35 @@ def test_udp_without_intercept_gets_port_unreachable_and_failed_dial_ends_the_fl
             assert IPv4Address("198.51.100.9") not in engine.pool.network
 
     asyncio.run(main())
+
+
+def test_udp_flow_cap_refuses_new_flows_while_one_is_dialing() -> None:
+    async def main() -> None:
+        ctx = llm_context()
+        ctx.gate = asyncio.Event()
+        async with running_engine([ctx], limits=Limits(max_udp_flows=1, drain_timeout=0.1)) as (
+                engine, kernel):
+            for sport in (5000, 5000, 5001):
+                await kernel.send(bytes(IP(src=TUN_IP, dst="198.51.100.9") / UDP(
+                    sport=sport, dport=9001) / b"ping"))
+            assert await kernel.nothing(0.1)
+            assert len(ctx.dials) == 1 and len(engine.udp) == 1
+            assert engine.stats.counters["udp_refused_flow_cap"] == 1
+            ctx.gate.set()
+
+    asyncio.run(main())
+
+
+def test_several_identities_each_dial_their_own_services() -> None:
+    async def main() -> None:
+        first = StaticContext([service("a", ["a.test"], 80)], name="id-one")
+        second = StaticContext([service("b", ["b.test"], 80), service("a", ["a.test"], 81)],
+                               name="id-two")
+        async with running_engine([first, second]) as (engine, kernel):
+            for name in ("a.test", "b.test"):
+                await kernel.send(syn(await vip_for(engine, name), 80))
+                await kernel.recv()
+            assert [d[0] for d in first.dials] == ["a"]
+            assert [d[0] for d in second.dials] == ["b"]  # "a" of id-two is shadowed by id-one
+
+    asyncio.run(main())

@@ -118,4 +118,5 @@ class Engine:
         self.pump.stop()
         if self._ticker is not None:
             self._ticker.cancel()
-        log.info("engine.stopped", **self.stats.snapshot())
+        dns = {f"dns_{key}": value for key, value in self.responder.counters.items()}
+        log.info("engine.stopped", **self.stats.snapshot(), **dns)

@@ -154,7 +154,11 @@ def test_three_namespaces_end_to_end(netns_pool: NetnsPool, tmp_path: Path) -> N
         assert_nothing_left(client)
 
         deploy.run_client(client, identity)
+        deploy.stop("client", signal.SIGKILL)
         assert client.etc_file("resolv.conf").read_bytes() != CLIENT_RESOLV
+        deploy.run_client(client, identity)  # the next start replays the dead run's journal
+        assert "journal.recovery_finished" in deploy.log("client")
+        assert curl(client, "http://llm.private.test:8000/v1/models")[0] == 0
         deploy.stop("client", signal.SIGKILL)
         deploy.tunneler(client, "cleanup", "--runtime-dir", str(tmp_path / "run"))
         assert_nothing_left(client)

@@ -15,6 +15,7 @@ from typing import cast
 
 from tunneler import __version__, log
 from tunneler.errors import TunnelerError
+from tunneler.ops.options import add_arguments as add_ops_arguments
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -100,6 +101,7 @@ def _run_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     run.add_argument("--max-udp-flows", type=int, default=1024)
     run.add_argument("--max-dns-in-flight", type=int, default=150)
     run.add_argument("--log-level", default="info")
+    add_ops_arguments(run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     host.add_argument("--refresh-interval", type=float, default=60.0,
                       help="seconds between service list refreshes (default 60)")
     host.add_argument("--log-level", default="info")
+    add_ops_arguments(host)
 
     proxy = _add(sub, "proxy", "tunneler.proxy:cmd_proxy",
                  "proxy mode: listen locally and dial SERVICE for every accepted connection")

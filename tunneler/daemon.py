@@ -29,6 +29,10 @@ from tunneler.engine.limits import Limits
 from tunneler.errors import ControllerError, TunnelerError
 from tunneler.host import identity_paths
 from tunneler.log import get_logger
+from tunneler.ops import runtime as ops_runtime
+from tunneler.ops.enroll_dir import enroll_pending
+from tunneler.ops.options import NO_OPS, OpsConfig
+from tunneler.ops.views import InterceptView
 from tunneler.tun import cleanup, routes
 from tunneler.tun.device import LinuxTun
 from tunneler.tun.journal import Journal, Step, journal_path
@@ -55,6 +59,7 @@ class RunConfig:
     resolv_conf: Path = system.RESOLV_CONF
     mtu: int = DEFAULT_MTU
     limits: Limits = field(default_factory=Limits)
+    ops: OpsConfig = NO_OPS
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
@@ -74,11 +79,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         resolv_conf=Path(args.resolv_conf),
         mtu=args.mtu,
         limits=limits,
+        ops=OpsConfig.from_args(args),
     )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Entry point of `tunneler run`."""
+    if args.identity_dir:
+        enroll_pending(Path(args.identity_dir))
     config = config_from_args(args)
     try:
         VipPool(config.dns_ip_range)
@@ -120,6 +128,11 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event) -> int:
         """Start, serve until `stop` is set, stop; returns the exit code."""
+        view = InterceptView(self)
+        async with ops_runtime.serve(view, self.config.ops, background=[view.keep_links()]) as ops:
+            return await self._run(stop, ops)
+
+    async def _run(self, stop: asyncio.Event, ops: ops_runtime.Ops) -> int:
         path = journal_path(self.config.runtime_dir)
         # pyroute2 runs its own event loop: every netlink call goes to a worker thread.
         await asyncio.to_thread(cleanup.recover, path)
@@ -134,6 +147,7 @@ class Daemon:
                          upstreams=[f"{h}:{p}" for h, p in upstreams])
                 await stop.wait()
         finally:
+            ops.stopping()
             await self._stop()
         return 0
 

@@ -34,6 +34,10 @@ from tunneler.configs import (
 )
 from tunneler.errors import ConfigError
 from tunneler.log import get_logger
+from tunneler.ops import runtime as ops_runtime
+from tunneler.ops.enroll_dir import enroll_pending
+from tunneler.ops.options import NO_OPS, OpsConfig
+from tunneler.ops.views import HostView
 
 log = get_logger("host")
 
@@ -43,10 +47,14 @@ DEFAULT_CONNECT_TIMEOUT = 5
 
 def cmd_run_host(args: argparse.Namespace) -> int:
     """Entry point of `tunneler run-host`."""
+    if args.identity_dir:
+        enroll_pending(Path(args.identity_dir))
     paths = identity_paths(args.identity, args.identity_dir)
+    ops_config = OpsConfig.from_args(args)
     if not args.refresh_interval > 0:
         raise ConfigError("--refresh-interval must be a positive number of seconds")
-    return aio.run(lambda stop: run_host(paths, stop, refresh_interval=args.refresh_interval))
+    return aio.run(lambda stop: run_host(paths, stop, refresh_interval=args.refresh_interval,
+                                         ops_config=ops_config))
 
 
 def identity_paths(files: Sequence[str], directory: str | None) -> list[Path]:
@@ -67,17 +75,27 @@ def identity_paths(files: Sequence[str], directory: str | None) -> list[Path]:
 
 
 async def run_host(paths: Sequence[Path], stop: asyncio.Event, *,
-                   refresh_interval: float = 60.0) -> int:
+                   refresh_interval: float = 60.0,
+                   ops_config: OpsConfig = NO_OPS) -> int:
     """Host services for every identity until `stop` is set; then unbind."""
     hosts = [ServiceHost(ZitiContext(path, refresh_interval=refresh_interval))
              for path in paths]
+    view = HostView(hosts)
+    async with ops_runtime.serve(view, ops_config) as ops:
+        return await _host(hosts, view, stop, ops)
+
+
+async def _host(hosts: Sequence[ServiceHost], view: HostView, stop: asyncio.Event,
+                ops: ops_runtime.Ops) -> int:
     try:
         for host in hosts:
             if not await host.ctx.start_retrying(stop):
                 return 0
             host.start()
+        view.services_loaded = True
         await stop.wait()
     finally:
+        ops.stopping()
         async with asyncio.timeout(SHUTDOWN_TIMEOUT):
             await asyncio.gather(*(host.close() for host in hosts), return_exceptions=True)
     log.info("host.stopped")

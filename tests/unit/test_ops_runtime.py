@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tunneler.errors import ConfigError
 from tunneler.ops import control, runtime
 from tunneler.ops.metrics import parse_listen
-from tunneler.ops.runtime import OpsConfig
+from tunneler.ops.options import OpsConfig, add_arguments
 from tunneler.ops.sdnotify import Notifier, watchdog_interval
 
 
@@ -197,7 +197,7 @@ def test_config_from_args() -> None:
     import argparse
 
     parser = argparse.ArgumentParser()
-    runtime.add_arguments(parser)
+    add_arguments(parser)
     args = parser.parse_args(["--metrics-listen", "127.0.0.1:9100", "--control-group", "ops"])
     assert OpsConfig.from_args(args) == OpsConfig(None, "ops", "127.0.0.1:9100")   # run-host
     args.runtime_dir = "/run/tunneler"                                              # run

@@ -27,16 +27,17 @@ from typing import Any
 
 from tunneler.errors import TunnelerError
 from tunneler.log import get_logger
+from tunneler.ops.options import DEFAULT_SOCKET
 from tunneler.ops.render import status_json
 from tunneler.ops.snapshot import DaemonView, to_json
 
 log = get_logger("control")
 
-DEFAULT_SOCKET = Path("/run/tunneler/tunneler.sock")
 MAX_REQUEST = 64 * 1024
 MAX_RESPONSE = 16 * 1024 * 1024
 MAX_CLIENTS = 16
 IDLE_TIMEOUT = 30.0
+REFUSE_TIMEOUT = 2.0
 REFRESH_TIMEOUT = 30.0
 _PEERCRED = struct.Struct("3i")
 
@@ -176,13 +177,11 @@ class ControlServer:
             pid, uid, gid = peer_credentials(sock)
             if not is_allowed(pid, uid, gid, self._gid):
                 log.warning("control.peer_refused", pid=pid, uid=uid, gid=gid)
-                await _answer(writer, {"success": False, "data": None,
-                                       "error": "permission denied: not root and not in the "
-                                                "tunneler socket's group"})
+                await _refuse(reader, writer, "permission denied: not root and not in the "
+                                              "tunneler socket's group")
                 return
             if self._clients >= MAX_CLIENTS:
-                await _answer(writer, {"success": False, "data": None,
-                                       "error": "too many control clients"})
+                await _refuse(reader, writer, "too many control clients")
                 return
             self._clients += 1
             try:
@@ -206,6 +205,15 @@ class ControlServer:
             if not line:
                 return
             await _answer(writer, await dispatch(self.view, line))
+
+
+async def _refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, error: str) -> None:
+    """Answer `error` to the first request; reading it first lets the peer see the answer
+    (closing a Unix socket with unread data resets the connection)."""
+    with contextlib.suppress(ValueError, TimeoutError):
+        async with asyncio.timeout(REFUSE_TIMEOUT):
+            await reader.readline()
+    await _answer(writer, {"success": False, "error": error, "data": None})
 
 
 async def _answer(writer: asyncio.StreamWriter, response: dict[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 Wiring in a daemon (`tunneler run`, `tunneler run-host`)::
 
-    parser: ops.runtime.add_arguments(run_parser)
+    parser: ops.options.add_arguments(run_parser)
     async:  async with ops.runtime.serve(view, OpsConfig.from_args(args)) as ops:
                 ...            # run until stop
                 ops.stopping() # first thing of the graceful shutdown
@@ -13,56 +13,22 @@ every change of the problem list afterwards; WATCHDOG=1 is sent from this event 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tunneler.errors import ConfigError
 from tunneler.log import get_logger
-from tunneler.ops.control import DEFAULT_SOCKET, ControlServer
+from tunneler.ops.control import ControlServer
 from tunneler.ops.metrics import MetricsServer
+from tunneler.ops.options import OpsConfig
 from tunneler.ops.sdnotify import Notifier, run_watchdog, watchdog_interval
 from tunneler.ops.snapshot import DaemonView, problems
 
 log = get_logger("ops")
 
 READY_POLL = 0.25
-SOCKET_NAME = DEFAULT_SOCKET.name
-
-
-@dataclass(frozen=True)
-class OpsConfig:
-    control_socket: Path | None = DEFAULT_SOCKET   # None: no control socket
-    control_group: str | None = None                # default: the daemon's own group
-    metrics_listen: str | None = None               # "127.0.0.1:9100"; None: no HTTP listener
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> OpsConfig:
-        """From `add_arguments` options; the socket defaults to RUNTIME_DIR/tunneler.sock
-        when the command has a --runtime-dir (`run`), else to none (`run-host`)."""
-        socket_path = getattr(args, "control_socket", None)
-        runtime_dir = getattr(args, "runtime_dir", None)
-        if socket_path is None and runtime_dir is not None:
-            socket_path = str(Path(runtime_dir) / SOCKET_NAME)
-        return cls(control_socket=Path(socket_path) if socket_path else None,
-                   control_group=getattr(args, "control_group", None),
-                   metrics_listen=getattr(args, "metrics_listen", None))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The daemon-side options: --control-socket, --control-group, --metrics-listen."""
-    parser.add_argument("--control-socket",
-                        help="Unix socket for `tunneler status/intercepts/...` (default for "
-                             f"`run`: RUNTIME_DIR/{SOCKET_NAME}, i.e. {DEFAULT_SOCKET}; "
-                             "for `run-host`: none; empty string: none)")
-    parser.add_argument("--control-group",
-                        help="group allowed to use the control socket (default: our group)")
-    parser.add_argument("--metrics-listen", metavar="IP:PORT",
-                        help="serve /healthz, /ready and Prometheus /metrics here")
 
 
 class Ops:
@@ -123,11 +89,11 @@ class Ops:
         if not found and not self.is_ready:
             self.is_ready = True
             self.notifier.ready()
-            log.info("daemon.ready")
+            log.info("ops.ready_notified")
         elif found:
             self.notifier.status(("degraded: " if self.is_ready else "starting: ")
                                  + "; ".join(found))
-            log.info("daemon.not_ready", problems=found)
+            log.info("ops.not_ready", problems=found)
         else:
             self.notifier.status("ready")
 

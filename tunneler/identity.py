@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from tunneler.errors import IdentityError
+from tunneler.fsutil import write_atomic
 
 MAX_IDENTITY_FILE = 1024 * 1024
 
@@ -161,17 +162,4 @@ def load_identity(path: str | Path) -> Identity:
 
 def save_identity(identity: Identity, path: str | Path) -> None:
     """Write atomically with mode 0600 (temporary file, fsync, rename); never world-readable."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps(identity.to_json(), indent=2).encode()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(Path(path), json.dumps(identity.to_json(), indent=2).encode(), dir_mode=0o755)

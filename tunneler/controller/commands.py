@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sys
 import time
 from collections.abc import Awaitable
 from pathlib import Path
 
-from tunneler import jwt
+from tunneler import aio, jwt
 from tunneler.controller import network, pki, policyfile
 from tunneler.controller.api import ControllerApi
 from tunneler.controller.store import Store
@@ -104,16 +103,13 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the controller API and the edge router until SIGTERM/SIGINT."""
     directory = network.load(Path(args.dir))
-    asyncio.run(serve(directory, args.listen))
-    return 0
+    return aio.run(lambda stop: serve(directory, args.listen, stop))
 
 
-async def serve(directory: network.NetworkDir, listen: str,
-                stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set (by default: until SIGTERM or SIGINT)."""
+async def serve(directory: network.NetworkDir, listen: str, stop: asyncio.Event) -> int:
+    """Serve until `stop` is set; returns the exit code."""
     from tunneler.router.server import EdgeRouter  # imported lazily: router is optional for API
 
-    stop = stop or _signal_event()
     config = directory.config
     store = Store(directory.state_db)
     api = ControllerApi(store, directory.api_settings(), clock=time.time)
@@ -132,6 +128,7 @@ async def serve(directory: network.NetworkDir, listen: str,
         await api.close()
         store.close()
         log.info("network.stopped")
+    return 0
 
 
 async def _listen(starting: Awaitable[object], host: str, port: int) -> None:
@@ -139,11 +136,3 @@ async def _listen(starting: Awaitable[object], host: str, port: int) -> None:
         await starting
     except OSError as exc:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-
-
-def _signal_event() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    return stop

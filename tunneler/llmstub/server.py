@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import signal
 import ssl
 import stat
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tunneler import aio
 from tunneler.errors import ConfigError
 from tunneler.llmstub import chat
 from tunneler.log import get_logger
@@ -255,25 +255,16 @@ def cmd_llm_stub(args: argparse.Namespace) -> int:
     """Serve the stub until SIGTERM or SIGINT."""
     ssl_context = _check_args(args)
     stub = LlmStub(token_delay=args.token_delay, max_streams=args.max_streams)
-    asyncio.run(serve(stub, args.listen, args.port, ssl_context))
-    return 0
+    return aio.run(lambda stop: serve(stub, args.listen, args.port, ssl_context, stop))
 
 
 async def serve(stub: LlmStub, host: str, port: int, ssl_context: ssl.SSLContext | None,
-                stop: asyncio.Event | None = None) -> None:
-    """Serve until `stop` is set (by default: until SIGTERM or SIGINT)."""
-    stop = stop or _signal_event()
+                stop: asyncio.Event) -> int:
+    """Serve until `stop` is set; returns the exit code."""
     try:
         await stub.start(host, port, ssl_context)
         await stop.wait()
     finally:
         await stub.close()
         log.info("llmstub.stopped", **dataclasses.asdict(stub.stats))
-
-
-def _signal_event() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    return stop
+    return 0

@@ -17,12 +17,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunneler.errors import TunnelerError
+from tunneler.fsutil import write_atomic
 
 VERSION = 1
 DEFAULT_RUNTIME_DIR = Path("/run/tunneler")
@@ -133,27 +133,6 @@ def load(path: Path) -> JournalState | None:
     except ValueError as exc:
         raise JournalError(f"journal {path} is corrupt ({exc}); undo by hand "
                            "(`ip link del`, restore resolv.conf), then delete it") from exc
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` (0600) so readers see the old or the new file, never half."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Journal:

@@ -1,0 +1,136 @@
+"""Operating `tunneler run` in a namespace: the CLI over the control socket, /ready, /metrics.
+
+One namespace holds the network (controller + router), run-host, the LLM stub and the daemon.
+The test drives the daemon only as an operator would: `tunneler intercepts` (table and
+--json), `tunneler status` (exit codes healthy / unhealthy), `tunneler log-level`,
+`tunneler refresh`, and curl against --metrics-listen; the router goes away (network stopped)
+and comes back (network restarted), and /ready and `status` follow.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.privileged.run_support import TUNNELER, Deployment, service, tcp_intercept
+from tests.support.netns import Namespace, NetnsPool
+
+METRICS = "127.0.0.1:9100"
+FLOWS = 4
+
+
+def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.25)
+
+
+def http(ns: Namespace, path: str) -> tuple[int, str]:
+    """(HTTP status, body) of GET http://METRICS/path from inside `ns`."""
+    result = ns.run(["curl", "-sS", "--max-time", "5", "-w", "\n%{http_code}",
+                     f"http://{METRICS}{path}"], check=False)
+    body, _, code = result.stdout.rpartition("\n")
+    return int(code or 0), body
+
+
+def cli(deploy: Deployment, ns: Namespace, sock: Path, *args: str) -> tuple[int, str]:
+    result = deploy.tunneler(ns, *args, "--control-socket", str(sock), check=False)
+    return result.returncode, result.stdout + result.stderr
+
+
+def metric(text: str, name: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and not sample.labels:
+                return float(sample.value)
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def check_intercepts(deploy: Deployment, ns: Namespace, sock: Path) -> None:
+    code, table = cli(deploy, ns, sock, "intercepts")
+    assert code == 0, table
+    header, row = table.splitlines()
+    assert header.split()[:4] == ["ADDRESS", "VIP", "SERVICE", "PORTS"]
+    cells = row.split()
+    assert cells[:1] + cells[2:5] == ["llm.private.test", "llm", "tcp:8000", "client1"]
+    assert cells[1].startswith("100.64.0.") and cells[5].startswith("localh")
+    assert max(len(line) for line in table.splitlines()) <= 80
+    code, text = cli(deploy, ns, sock, "intercepts", "--json")
+    assert code == 0, text
+    (entry,) = json.loads(text)["intercepts"]
+    assert entry["address"] == "llm.private.test" and entry["service"] == "llm"
+    assert entry["vips"] == [cells[1]] and entry["ports"] == ["8000"]
+    assert entry["identity"] == "client1" and entry["router"] == "tls://localhost:3022"
+    assert entry["router_latency_ms"] is not None and entry["last_error"] is None
+
+
+def check_runtime_changes(deploy: Deployment, ns: Namespace, sock: Path) -> None:
+    code, out = cli(deploy, ns, sock, "log-level", "debug")
+    assert (code, out.strip()) == (0, "log level: debug")
+    deploy.wait_log("client", "control.log_level_changed")
+    code, out = cli(deploy, ns, sock, "refresh")
+    assert code == 0 and out.startswith("services refreshed: added 0"), out
+    deploy.wait_log("client", "ops.services_refreshed")
+    code, out = cli(deploy, ns, sock, "log-level", "info")
+    assert code == 0, out
+
+
+def check_router_loss_and_return(deploy: Deployment, ns: Namespace, sock: Path) -> None:
+    net = deploy.net
+    assert deploy.stop("network") == 0
+    eventually(lambda: http(ns, "/ready")[0] == 503)
+    assert "no edge router connected" in http(ns, "/ready")[1]
+    code, out = cli(deploy, ns, sock, "status")
+    assert code == 1 and "problem: no edge router connected" in out, out
+    assert http(ns, "/healthz") == (200, "ok\n")
+    deploy.start(ns, "network", [*TUNNELER, "network", "serve", str(net),
+                                 "--listen", "127.0.0.1"])
+    eventually(lambda: http(ns, "/ready")[0] == 200, timeout=90)
+    code, out = cli(deploy, ns, sock, "status")
+    assert code == 0, out
+
+
+def test_operate_the_daemon(netns_pool: NetnsPool, tmp_path: Path) -> None:
+    ns = netns_pool.new(resolv_conf="nameserver 127.0.0.1\n")
+    deploy = Deployment(tmp_path)
+    sock = tmp_path / "control.sock"
+    try:
+        deploy.network(ns, "localhost", "127.0.0.1", [service(
+            "llm", tcp_intercept(["llm.private.test"], 8000),
+            {"protocol": "tcp", "address": "127.0.0.1", "port": 8000})])
+        client, host = deploy.enroll(ns, "client1"), deploy.enroll(ns, "host1")
+        deploy.start(ns, "llm", [*TUNNELER, "llm-stub", "--listen", "127.0.0.1",
+                                 "--port", "8000", "--token-delay", "0.01"])
+        deploy.run_host(ns, host, bound=1)
+        deploy.run_client(ns, client, "--control-socket", str(sock), "--metrics-listen", METRICS)
+        assert oct(sock.stat().st_mode & 0o777) == "0o660"
+        eventually(lambda: http(ns, "/ready")[0] == 200)
+        code, out = cli(deploy, ns, sock, "status")
+        assert code == 0 and ": healthy" in out.splitlines()[0], out
+        status = json.loads(cli(deploy, ns, sock, "status", "--json")[1])
+        assert status["healthy"] is True and status["mode"] == "intercept"
+        assert status["tun"]["name"] == "tunneler0" and status["dns"]["applied"] is True
+
+        for _ in range(FLOWS):
+            ns.run(["curl", "-sS", "--max-time", "10", "http://llm.private.test:8000/v1/models"])
+        check_intercepts(deploy, ns, sock)
+        eventually(lambda: metric(http(ns, "/metrics")[1], "tunneler_flows_total") == FLOWS)
+        text = http(ns, "/metrics")[1]
+        assert metric(text, "tunneler_ready") == 1
+        assert metric(text, "tunneler_vip_pool_used") >= 1
+
+        check_runtime_changes(deploy, ns, sock)
+        check_router_loss_and_return(deploy, ns, sock)
+        assert deploy.stop("client", signal.SIGTERM) == 0
+        assert not sock.exists()
+        code, out = cli(deploy, ns, sock, "status")
+        assert code == 2 and "does not exist" in out
+    finally:
+        deploy.close()

@@ -28,6 +28,13 @@ if [ "$#" -gt 0 ] && [ "${1#-}" = "$1" ]; then
     exec "$@"
 fi
 
+if [ "$mode" = run ] && [ "$(id -u)" != 0 ]; then
+    echo "tunneler: intercept mode needs NET_ADMIN, which container runtimes give only" \
+         "to uid 0: run as user 0 with cap_drop ALL + cap_add NET_ADMIN" \
+         "(docs/operations.md), or set TUNNELER_MODE=run-host" >&2
+    exit 1
+fi
+
 umask 077
 mkdir -p "$identity_dir" "$runtime_dir"
 token="$identity_dir/$name.jwt"
@@ -42,12 +49,6 @@ unset TUNNELER_ENROLL_TOKEN
 
 case "$mode" in
     run)
-        if [ "$(id -u)" != 0 ]; then
-            echo "tunneler: intercept mode needs NET_ADMIN, which container runtimes give only" \
-                 "to uid 0: run as user 0 with cap_drop ALL + cap_add NET_ADMIN" \
-                 "(docs/operations.md), or set TUNNELER_MODE=run-host" >&2
-            exit 1
-        fi
         exec "$bin" run --identity-dir "$identity_dir" --runtime-dir "$runtime_dir" \
             --control-socket "$runtime_dir/tunneler.sock" "$@"
         ;;

@@ -60,14 +60,14 @@ def check_intercepts(deploy: Deployment, ns: Namespace, sock: Path) -> None:
     assert header.split()[:4] == ["ADDRESS", "VIP", "SERVICE", "PORTS"]
     cells = row.split()
     assert cells[:1] + cells[2:5] == ["llm.private.test", "llm", "tcp:8000", "client1"]
-    assert cells[1].startswith("100.64.0.") and cells[5].startswith("localh")
+    assert cells[1].startswith("100.64.0.") and cells[5] == "router1"
     assert max(len(line) for line in table.splitlines()) <= 80
     code, text = cli(deploy, ns, sock, "intercepts", "--json")
     assert code == 0, text
     (entry,) = json.loads(text)["intercepts"]
     assert entry["address"] == "llm.private.test" and entry["service"] == "llm"
     assert entry["vips"] == [cells[1]] and entry["ports"] == ["8000"]
-    assert entry["identity"] == "client1" and entry["router"] == "tls://localhost:3022"
+    assert entry["identity"] == "client1" and entry["router"] == "router1"
     assert entry["router_latency_ms"] is not None and entry["last_error"] is None
 
 

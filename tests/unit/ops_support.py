@@ -43,8 +43,8 @@ class SampleView:
             version=__version__, mode="intercept", uptime_s=self.uptime_s,
             services_loaded=self.services_loaded,
             identities=(IdentityStatus("laptop", True, True, "2030-01-01T00:00:00+00:00", 2),),
-            routers=(RouterStatus("tls://localhost:3022", "laptop", self.router_up,
-                                  1.25 if self.router_up else None),),
+            routers=(RouterStatus("router1", "laptop", self.router_up,
+                                  1.25 if self.router_up else None, "tls://localhost:3022"),),
             tun=TunStatus("tunneler0", True, True, 3),
             dns=DnsStatus("100.64.0.2", "resolv.conf", self.dns_applied, ("10.0.0.53",)),
             counters=self.stats.snapshot(PoolUsage(size=65534, used=len(self.rows))),
@@ -63,9 +63,9 @@ def llm_rows() -> list[InterceptRow]:
     """Two intercepts of two services, as a daemon would list them."""
     return [
         InterceptRow("llm.private.test", "llm", "laptop", ("100.64.0.3",), ("tcp",), ("443",),
-                     "tls://localhost:3022", 1.25),
+                     "router1", 1.25),
         InterceptRow("*.models.private.test", "models-wildcard-service-with-a-long-name",
                      "laptop", ("100.64.0.4", "100.64.0.5"), ("tcp", "udp"),
-                     ("8000-8100", "9000"), "tls://router-with-a-rather-long-name.example:3022",
+                     ("8000-8100", "9000"), "router-with-a-rather-long-name.example",
                      12.0),
     ]

@@ -122,7 +122,7 @@ def test_table_uses_natural_widths_when_wide() -> None:
     text = render_intercepts(busy_view().intercepts(), width=300)
     assert "…" not in text
     assert "models-wildcard-service-with-a-long-name" in text
-    assert "router-with-a-rather-long-name.example:3022 12ms" in text
+    assert "router-with-a-rather-long-name.example 12ms" in text
     assert "tcp/udp:8000-8100,9000" in text
     assert "dial 'models' timed out after 5s" in text
 
@@ -141,7 +141,7 @@ def test_fit_and_truncate() -> None:
 def test_status_text_healthy_and_unhealthy() -> None:
     text = render_status(busy_view().status())
     assert text.splitlines()[0] == "tunneler 0.1.0 (intercept), up 1h02m03s: healthy"
-    assert "tls://localhost:3022 (laptop): connected, 1.2ms" in text
+    assert "router1 tls://localhost:3022 (laptop): connected, 1.2ms" in text
     assert "flows       opened 3, active 2" in text
     assert "bytes       up 1.5 KiB, down 3.0 MiB" in text
     assert "dial fails  timeout 1" in text

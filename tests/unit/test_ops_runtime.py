@@ -173,9 +173,9 @@ def check_metrics(text: str) -> None:
     assert samples[("tunneler_dns_queries_total", (("outcome", "answered"),))] == 1
     assert samples[("tunneler_vip_pool_used", ())] == 2
     assert samples[("tunneler_router_connected",
-                    (("identity", "laptop"), ("router", "tls://localhost:3022")))] == 1
+                    (("identity", "laptop"), ("router", "router1")))] == 1
     assert samples[("tunneler_router_latency_seconds",
-                    (("identity", "laptop"), ("router", "tls://localhost:3022")))] == 0.00125
+                    (("identity", "laptop"), ("router", "router1")))] == 0.00125
 
 
 def test_busy_metrics_port_is_a_config_error(tmp_path: Path) -> None:

@@ -82,9 +82,10 @@ def _router_metrics(status: Status) -> Iterator[Any]:
     latency = GaugeMetricFamily(f"{PREFIX}_router_latency_seconds",
                                 "last measured channel round trip", labels=["router", "identity"])
     for router in status.routers:
-        connected.add_metric([router.name, router.identity], 1 if router.connected else 0)
+        labels = [router.name, router.identity]
+        connected.add_metric(labels, 1 if router.connected else 0)
         if router.latency_ms is not None:
-            latency.add_metric([router.name, router.identity], router.latency_ms / 1000)
+            latency.add_metric(labels, router.latency_ms / 1000)
     yield connected
     yield latency
 

@@ -137,7 +137,8 @@ def _state_lines(status: Status) -> list[str]:
     for router in status.routers or ():
         state = "connected" if router.connected else "not connected"
         latency = f", {_ms(router.latency_ms)}" if router.latency_ms is not None else ""
-        lines.append(f"  {router.name} ({router.identity}): {state}{latency}")
+        where = f" {router.url}" if router.url and router.url != router.name else ""
+        lines.append(f"  {router.name}{where} ({router.identity}): {state}{latency}")
     if status.tun is not None:
         tun = status.tun
         lines.append(f"tun         {tun.name} {'up' if tun.up else 'DOWN'}, {tun.routes} routes"

@@ -29,7 +29,7 @@ class InterceptRow:
     vips: tuple[str, ...] = ()         # virtual IPs handed out for it (empty for CIDRs)
     protocols: tuple[str, ...] = ()    # "tcp", "udp"
     ports: tuple[str, ...] = ()        # "443" or "8000-8100"
-    router: str | None = None          # edge router the service's flows go through now
+    router: str | None = None          # name of the edge router new flows go through now
     router_latency_ms: float | None = None
     active_flows: int = 0
     last_error: str | None = None
@@ -51,10 +51,11 @@ class IdentityStatus:
 class RouterStatus:
     """One edge router known to an identity."""
 
-    name: str                          # tls://host:port
+    name: str                          # the router's name (its URL when the controller has none)
     identity: str
     connected: bool
     latency_ms: float | None = None
+    url: str = ""                      # tls://host:port
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,11 @@ def _ms(seconds: float | None) -> float | None:
 def router_statuses(ctx: ZitiContext) -> list[RouterStatus]:
     """Every router the controller listed for `ctx`, plus any other live link."""
     links = ctx._links
-    urls = [r.url for r in ctx._routers] + [u for u in links if u not in
-                                            {r.url for r in ctx._routers}]
-    return [RouterStatus(url, ctx.name, url in links and not links[url].closed,
-                         _ms(links[url].latency) if url in links else None) for url in urls]
+    names = {r.url: r.name for r in ctx._routers}
+    urls = list(names) + [u for u in links if u not in names]
+    return [RouterStatus(names.get(url) or url, ctx.name, url in links and not links[url].closed,
+                         _ms(links[url].latency) if url in links else None, url)
+            for url in urls]
 
 
 def best_router(ctx: ZitiContext) -> RouterStatus | None:

@@ -37,14 +37,14 @@ def _ms(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}ms" if value < 10 else f"{value:.0f}ms"
 
 
-def intercept_cells(row: InterceptRow) -> tuple[str, ...]:
-    """The table cells of one row, untruncated."""
+def intercept_cells(row: InterceptRow, *, latency: bool = True) -> tuple[str, ...]:
+    """The table cells of one row, untruncated (router latency only if `latency`)."""
     vips = row.vips[0] + (f"+{len(row.vips) - 1}" if len(row.vips) > 1 else "") \
         if row.vips else "-"
     ports = "/".join(row.protocols) + ":" + ",".join(row.ports) if row.ports else \
         "/".join(row.protocols) or "-"
     router = "-" if row.router is None else row.router.removeprefix("tls://")
-    if row.router_latency_ms is not None:
+    if latency and row.router_latency_ms is not None:
         router += f" {_ms(row.router_latency_ms)}"
     return (row.address, vips, row.service, ports, row.identity, router,
             str(row.active_flows), row.last_error or "-")
@@ -66,8 +66,7 @@ def fit_widths(natural: Sequence[int], minimum: Sequence[int], width: int) -> li
 def render_table(rows: Sequence[Sequence[str]], headers: Sequence[str],
                  minimum: Sequence[int], width: int) -> str:
     """Left-aligned columns fitted to `width`; trailing spaces stripped."""
-    natural = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-               for i, h in enumerate(headers)]
+    natural = _natural(rows, headers)
     minimum = [min(m, n) for m, n in zip(minimum, natural, strict=True)]
     widths = fit_widths(natural, minimum, width)
     lines = []
@@ -81,7 +80,19 @@ def render_intercepts(rows: Sequence[InterceptRow], width: int = 80) -> str:
     """The human table of `tunneler intercepts`."""
     if not rows:
         return "no intercepts"
-    return render_table([intercept_cells(r) for r in rows], HEADERS, MIN_WIDTHS, width)
+    cells = [intercept_cells(r) for r in rows]
+    if _natural_width(cells, HEADERS) > width:     # the latency goes first (status shows it)
+        cells = [intercept_cells(r, latency=False) for r in rows]
+    return render_table(cells, HEADERS, MIN_WIDTHS, width)
+
+
+def _natural_width(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> int:
+    return sum(_natural(rows, headers)) + len(GAP) * (len(headers) - 1)
+
+
+def _natural(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> list[int]:
+    return [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+            for i, h in enumerate(headers)]
 
 
 # ---- status ----------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from tunneler.channel.message import (
     RESULT_SUCCESS_HEADER,
     FrameDecoder,
     Message,
-    encode,
+    encode_head,
 )
 from tunneler.errors import FrameError
 
@@ -90,9 +90,11 @@ class ChannelConnection:
         sequence = self._next_sequence
         self._next_sequence = (self._next_sequence + 1) & 0x7FFFFFFF
         message.sequence = sequence
-        frame = encode(message)
-        self._out.append(frame)
-        self._out_bytes += len(frame)
+        head = encode_head(message)
+        self._out.append(head)
+        if message.body:
+            self._out.append(message.body)
+        self._out_bytes += len(head) + len(message.body)
         return sequence
 
     def request(self, message: Message, now: float, timeout: float) -> int:

@@ -99,16 +99,21 @@ class Message:
         return self.get_int(REPLY_FOR_HEADER)
 
 
-def encode(message: Message) -> bytes:
-    """Serialise a message to one frame."""
-    parts = [b""]
+def encode_head(message: Message) -> bytes:
+    """The frame without its body (prefix + headers); the body follows it on the wire."""
+    parts = []
     for header_id, value in message.headers.items():
         parts.append(_HEADER.pack(header_id, len(value)))
         parts.append(value)
     headers = b"".join(parts)
     prefix = PREFIX.pack(MAGIC, message.content_type, _to_i32(message.sequence), len(headers),
                          len(message.body))
-    return b"".join((prefix, headers, message.body))
+    return prefix + headers
+
+
+def encode(message: Message) -> bytes:
+    """Serialise a message to one frame."""
+    return encode_head(message) + message.body
 
 
 def _to_i32(value: int) -> int:
@@ -138,8 +143,10 @@ def decode_headers(block: bytes | memoryview) -> dict[int, bytes]:
 class FrameDecoder:
     """Incremental decoder: feed bytes, get whole messages. Caps are checked before buffering.
 
-    After a `FrameError` the decoder is broken and refuses further input: the caller must close
-    the channel (a framing error cannot be resynchronised).
+    Frames wholly inside one `feed()` are parsed straight from the caller's bytes; only a
+    partial frame is kept, so each body byte is copied once. After a `FrameError` the decoder
+    is broken and refuses further input: the caller must close the channel (a framing error
+    cannot be resynchronised).
     """
 
     def __init__(self, max_headers_len: int = MAX_HEADERS_LEN,
@@ -147,7 +154,6 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._max_headers_len = max_headers_len
         self._max_body_len = max_body_len
-        self._need: tuple[int, int, int, int] | None = None  # (ct, seq, hlen, blen)
         self._failed = False
 
     @property
@@ -164,38 +170,44 @@ class FrameDecoder:
         """Add received bytes; return every message now complete."""
         if self._failed:
             raise FrameError("decoder already failed")
-        self._buffer += data
+        if self._buffer:
+            self._buffer += data
+            source: bytes | bytearray | memoryview = self._buffer
+        else:
+            source = data
         messages: list[Message] = []
+        offset = 0
         try:
-            while (message := self._next()) is not None:
-                messages.append(message)
+            with memoryview(source) as view:
+                while (parsed := self._parse_at(view, offset)) is not None:
+                    message, offset = parsed
+                    messages.append(message)
         except FrameError:
             self._failed = True
             self._buffer.clear()
             raise
+        if source is self._buffer:
+            del self._buffer[:offset]
+        elif offset < len(data):
+            self._buffer += memoryview(data)[offset:]
         return messages
 
-    def _next(self) -> Message | None:
-        buf = self._buffer
-        if self._need is None:
-            if len(buf) < PREFIX_LEN:
-                if buf and not MAGIC.startswith(bytes(buf[:4])):
-                    raise FrameError("bad magic")
-                return None
-            magic, content_type, sequence, hlen, blen = PREFIX.unpack_from(buf)
-            if magic != MAGIC:
-                raise FrameError(f"bad magic {magic.hex()}")
-            if hlen > self._max_headers_len:
-                raise FrameError(f"headers length {hlen} over cap {self._max_headers_len}")
-            if blen > self._max_body_len:
-                raise FrameError(f"body length {blen} over cap {self._max_body_len}")
-            self._need = (content_type, sequence, hlen, blen)
-        content_type, sequence, hlen, blen = self._need
-        total = PREFIX_LEN + hlen + blen
-        if len(buf) < total:
+    def _parse_at(self, view: memoryview, offset: int) -> tuple[Message, int] | None:
+        available = len(view) - offset
+        if available < PREFIX_LEN:
+            if available and not MAGIC.startswith(bytes(view[offset : offset + 4])):
+                raise FrameError("bad magic")
             return None
-        headers = decode_headers(bytes(buf[PREFIX_LEN : PREFIX_LEN + hlen]))
-        body = bytes(buf[PREFIX_LEN + hlen : total])
-        del buf[:total]
-        self._need = None
-        return Message(content_type, headers, body, sequence)
+        magic, content_type, sequence, hlen, blen = PREFIX.unpack_from(view, offset)
+        if magic != MAGIC:
+            raise FrameError(f"bad magic {magic.hex()}")
+        if hlen > self._max_headers_len:
+            raise FrameError(f"headers length {hlen} over cap {self._max_headers_len}")
+        if blen > self._max_body_len:
+            raise FrameError(f"body length {blen} over cap {self._max_body_len}")
+        start = offset + PREFIX_LEN
+        end = start + hlen + blen
+        if len(view) < end:
+            return None
+        headers = decode_headers(view[start : start + hlen])
+        return Message(content_type, headers, bytes(view[start + hlen : end]), sequence), end

@@ -19,6 +19,7 @@ from tunneler.ops.render import (
 )
 from tunneler.ops.snapshot import InterceptRow, Status, from_json, problems, to_json
 from tunneler.ops.stats import MAX_LABELS, OTHER, Stats
+from tunneler.ops.views import engine_counters
 
 
 def busy_view() -> SampleView:
@@ -164,3 +165,16 @@ def test_human_units() -> None:
     assert human_bytes(5 * 1024**3) == "5.0 GiB"
     assert human_duration(59) == "0m59s"
     assert human_duration(90061) == "1d1h01m01s"
+
+
+def test_engine_counters_mapping() -> None:
+    raw = {"tcp_flows_opened": 5, "udp_flows_opened": 2, "tcp_flows_closed": 3,
+           "tcp_flows_expired": 1, "udp_flows_closed": 1, "drop_bad_checksum": 4,
+           "tun_write_dropped": 1, "tcp_refused_flow_cap": 2, "udp_refused_flow_cap": 1,
+           "tcp_refused_no_intercept": 6, "tcp_dials_failed": 3, "dns_forwarded": 7,
+           "dns_refused_in_flight_cap": 1, "tun_packets_in": 999}
+    counters = engine_counters(raw, {"reply": 10, "forward": 7, "short_header": 2})
+    assert counters.flows.flows_opened == 7 and counters.flows.flows_active == 2
+    assert counters.packets_dropped == {"bad_checksum": 4, "tun_write_dropped": 1}
+    assert counters.dial_failures == {"flow_cap": 3, "no_intercept": 6, "dial_failed": 3}
+    assert counters.dns == {"answered": 10, "forwarded": 7, "refused": 1, "dropped": 2}

@@ -148,7 +148,7 @@ def engine_counters(raw: Mapping[str, int], dns: Mapping[str, int]) -> Counters:
     drops.update({k: v for k, v in raw.items() if k.endswith("_dropped")})
     failures: dict[str, int] = {}
     for key, value in raw.items():
-        if "_refused_" in key:
+        if key.startswith(("tcp_refused_", "udp_refused_")):
             reason = key.split("_refused_", 1)[1]
             failures[reason] = failures.get(reason, 0) + value
     failures["dial_failed"] = total("tcp_dials_failed", "udp_dials_failed")

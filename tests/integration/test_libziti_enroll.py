@@ -6,13 +6,12 @@ libziti runs in a child process with a timeout: a protocol mistake can hang or c
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from tests.support import libziti
 from tests.support.controller import init_network, serve_process
 from tunneler.cli import main as cli
 from tunneler.controller import pki
@@ -21,22 +20,6 @@ pytest.importorskip("openziti")
 pytestmark = pytest.mark.interop
 ROOT = Path(__file__).resolve().parents[2]
 
-ENROLL = """
-import sys, openziti
-identity = openziti.enroll(sys.argv[1])
-open(sys.argv[2], "w").write(identity)
-"""
-LOAD = """
-import sys, openziti
-context = openziti.load(sys.argv[1])
-print("loaded", context is not None)
-"""
-
-
-def _libziti(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
-                          timeout=45, check=False, cwd=cwd, env={"ZITI_LOG": "2",
-                                                                 "PATH": "/usr/bin:/bin"})
 
 
 def test_libziti_enrolls_and_loads_services(tmp_path: Path) -> None:
@@ -45,14 +28,14 @@ def test_libziti_enrolls_and_loads_services(tmp_path: Path) -> None:
     assert cli(["network", "enroll-token", str(net), "laptop", "-o", str(token)]) == 0
     identity_file = tmp_path / "laptop.json"
     with serve_process(net):
-        enrolled = _libziti(ENROLL, str(token), str(identity_file), cwd=tmp_path)
+        enrolled = libziti.run(libziti.ENROLL, str(token), str(identity_file), cwd=tmp_path)
         assert enrolled.returncode == 0, enrolled.stderr
         identity = json.loads(identity_file.read_text())
         assert identity["ztAPI"].startswith("https://localhost:")
         cert = x509.load_pem_x509_certificate(identity["id"]["cert"].encode())
         cert.verify_directly_issued_by(pki.load_cert(net / "pki" / "ca.pem"))
-        reused = _libziti(ENROLL, str(token), str(tmp_path / "again.json"), cwd=tmp_path)
+        reused = libziti.run(libziti.ENROLL, str(token), str(tmp_path / "again.json"), cwd=tmp_path)
         assert reused.returncode != 0 and "already used" in reused.stderr
-        loaded = _libziti(LOAD, str(identity_file), cwd=tmp_path)
+        loaded = libziti.run(libziti.LOAD, str(identity_file), cwd=tmp_path)
         assert loaded.returncode == 0, loaded.stderr
         assert "loaded True" in loaded.stdout

@@ -10,73 +10,28 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.support import libziti
 from tests.support.overlay import Overlay, build_overlay, host_service, start_blob_server
 
 pytest.importorskip("openziti")
 pytestmark = pytest.mark.interop
 
-LIBZITI_TIMEOUT = 90
-
-ENROLL = """
-import sys, openziti
-open(sys.argv[2], "w").write(openziti.enroll(sys.argv[1]))
-"""
-
-# openziti 0.6.0's ctx.connect(name) passes terminator=None to bytes() and fails; call the
-# binding underneath with an empty terminator (libziti then selects none).
-DIAL = """
-import hashlib, socket, sys, time, openziti
-from openziti import zitilib
+DIAL = libziti.DIAL_PRELUDE + """
 ctx = openziti.load(sys.argv[1])
 payload = bytes(range(256)) * 40000
 for name in sys.argv[2:]:
-    deadline = time.time() + 30
-    while True:
-        try:
-            fd = zitilib.ziti_socket(socket.SOCK_STREAM)
-            zitilib.connect(fd, ctx._ctx, name, "")
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
-            break
-        except Exception:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.5)
+    sock = dial(ctx, name)
     sock.sendall(b"UP\\n" + payload)
     sock.shutdown(socket.SHUT_WR)
-    answer = b""
-    while chunk := sock.recv(65536):
-        answer += chunk
+    answer = read_until_eof(sock)
     assert answer.decode() == hashlib.sha256(payload).hexdigest(), answer[:80]
     print(name, "ok", flush=True)
     sock.close()
-"""
-
-HOST = """
-import sys, openziti
-ctx = openziti.load(sys.argv[1])
-servers = [ctx.bind(name) for name in sys.argv[2:]]
-for server in servers:
-    server.listen(5)
-print("bound", flush=True)
-for server in servers:
-    conn, _peer = server.accept()
-    data = b""
-    while not data.endswith(b"END\\n"):
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    conn.sendall(data.upper())
-    conn.close()
-print("served", flush=True)
 """
 
 LIBZITI_SERVICES = [
@@ -96,14 +51,6 @@ EXTRA_POLICY = {
 }
 
 
-def _env() -> dict[str, str]:
-    return {"ZITI_LOG": "2", "PATH": "/usr/bin:/bin"}
-
-
-def _libziti(script: str, *args: str, cwd: Path) -> list[str]:
-    return [sys.executable, "-c", script, *args]
-
-
 @pytest.fixture(scope="module", name="overlay")
 def _overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overlay]:
     blobs, blob_port = start_blob_server()
@@ -113,10 +60,8 @@ def _overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overlay]:
                             extra_policy=EXTRA_POLICY, token_only=("zdialer", "zhost"))
     try:
         for name in ("zdialer", "zhost"):
-            done = subprocess.run(_libziti(ENROLL, f"{name}.jwt", f"{name}.json",
-                                           cwd=overlay.directory),
-                                  capture_output=True, text=True, timeout=LIBZITI_TIMEOUT,
-                                  check=False, cwd=overlay.directory, env=_env())
+            done = libziti.run(libziti.ENROLL, f"{name}.jwt", f"{name}.json",
+                               cwd=overlay.directory)
             assert done.returncode == 0, done.stderr[-3000:]
         yield overlay
     finally:
@@ -126,18 +71,14 @@ def _overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overlay]:
 
 
 def test_libziti_dials_services_hosted_by_run_host(overlay: Overlay) -> None:
-    dialer = subprocess.run(_libziti(DIAL, "zdialer.json", "enc", "plain", cwd=overlay.directory),
-                            capture_output=True, text=True, timeout=LIBZITI_TIMEOUT, check=False,
-                            cwd=overlay.directory, env=_env())
+    dialer = libziti.run(DIAL, "zdialer.json", "enc", "plain", cwd=overlay.directory)
     assert dialer.returncode == 0, dialer.stderr[-3000:]
     assert "enc ok" in dialer.stdout and "plain ok" in dialer.stdout
 
 
 def test_proxy_reaches_services_bound_by_libziti(overlay: Overlay) -> None:
-    host = subprocess.Popen(_libziti(HOST, "zhost.json", "lz-enc", "lz-plain",
-                                     cwd=overlay.directory),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=overlay.directory, env=_env())
+    host = libziti.popen(libziti.HOST_UPPER, "zhost.json", "lz-enc", "lz-plain",
+                         cwd=overlay.directory)
     try:
         assert host.stdout is not None
         assert host.stdout.readline().strip() == "bound"
@@ -145,12 +86,10 @@ def test_proxy_reaches_services_bound_by_libziti(overlay: Overlay) -> None:
         for name in ("lz-enc", "lz-plain"):
             echo = _echo_with_retry(overlay.proxy_ports[name], payload)
             assert hashlib.sha256(echo).digest() == hashlib.sha256(payload.upper()).digest()
-        _out, err = host.communicate(timeout=LIBZITI_TIMEOUT)
+        _out, err = host.communicate(timeout=libziti.TIMEOUT)
         assert host.returncode == 0, err[-3000:]
     finally:
-        if host.poll() is None:
-            host.kill()
-            host.communicate(timeout=10)
+        libziti.stop(host)
 
 
 def _echo_with_retry(port: int, payload: bytes, attempts: int = 20) -> bytes:

@@ -8,12 +8,11 @@ router, §3.8) and an unencrypted one (the router must not hand out a public key
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.support import libziti
 from tests.support.controller import init_network, serve_process
 from tunneler.cli import main as cli
 
@@ -32,48 +31,11 @@ servicePolicies:
   - {name: bind, type: Bind, identityRoles: ["#hosts"], serviceRoles: ["#echo"]}
 """
 
-ENROLL = """
-import sys, openziti
-open(sys.argv[2], "w").write(openziti.enroll(sys.argv[1]))
-"""
-
-HOST = """
-import sys, openziti
-ctx = openziti.load(sys.argv[1])
-servers = [ctx.bind(name) for name in sys.argv[2:]]
-for server in servers:
-    server.listen(5)
-print("bound", flush=True)
-for server in servers:
-    conn, _peer = server.accept()
-    data = b""
-    while not data.endswith(b"END\\n"):
-        chunk = conn.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    conn.sendall(data.upper())
-    conn.close()
-"""
-
-DIAL = """
-import socket, sys, time, openziti
-from openziti import zitilib
+DIAL = libziti.DIAL_PRELUDE + """
 ctx = openziti.load(sys.argv[1])
 payload = (b"hello router " * 40000) + b"END\\n"
 for name in sys.argv[2:]:
-    deadline = time.time() + 20
-    while True:
-        try:
-            # openziti 0.6.0's ctx.connect() cannot pass "no terminator"; call libziti directly
-            fd = zitilib.ziti_socket(socket.SOCK_STREAM)
-            zitilib.check_error(zitilib._ziti_connect(fd, ctx._ctx, name.encode(), None))
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
-            break
-        except Exception as exc:
-            if time.time() > deadline:
-                raise
-            time.sleep(0.5)
+    sock = dial(ctx, name, wait=20)
     sock.sendall(payload)
     echo = b""
     while not echo.endswith(b"END\\n"):
@@ -87,20 +49,10 @@ for name in sys.argv[2:]:
 """
 
 
-def _python(script: str, *args: str) -> list[str]:
-    return [sys.executable, "-c", script, *args]
-
-
-def _env() -> dict[str, str]:
-    return {"ZITI_LOG": "2", "PATH": "/usr/bin:/bin"}
-
-
 def _enroll(net: Path, name: str, tmp_path: Path) -> Path:
     token, identity = tmp_path / f"{name}.jwt", tmp_path / f"{name}.json"
     assert cli(["network", "enroll-token", str(net), name, "-o", str(token)]) == 0
-    done = subprocess.run(_python(ENROLL, str(token), str(identity)),
-                          capture_output=True, text=True, timeout=45, check=False, cwd=tmp_path,
-                          env=_env())
+    done = libziti.run(libziti.ENROLL, str(token), str(identity), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     return identity
 
@@ -111,19 +63,13 @@ def test_libziti_host_and_dialer_through_router(tmp_path: Path) -> None:
     net = init_network(tmp_path / "net", policy)
     with serve_process(net) as (router_process, _config):
         host_id, dialer_id = _enroll(net, "host", tmp_path), _enroll(net, "dialer", tmp_path)
-        host = subprocess.Popen(_python(HOST, str(host_id), "enc", "plain"),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=tmp_path, env=_env())
+        host = libziti.popen(libziti.HOST_UPPER, str(host_id), "enc", "plain", cwd=tmp_path)
         try:
-            dialer = subprocess.run(_python(DIAL, str(dialer_id), "enc", "plain"),
-                                    capture_output=True, text=True, timeout=90, check=False,
-                                    cwd=tmp_path, env=_env())
+            dialer = libziti.run(DIAL, str(dialer_id), "enc", "plain", cwd=tmp_path)
             assert dialer.returncode == 0, dialer.stderr[-3000:]
             assert "enc ok" in dialer.stdout and "plain ok" in dialer.stdout
             _host_out, host_err = host.communicate(timeout=30)
             assert host.returncode == 0, host_err[-3000:]
         finally:
-            if host.poll() is None:
-                host.kill()
-                host.communicate(timeout=10)
+            libziti.stop(host)
         assert router_process.poll() is None

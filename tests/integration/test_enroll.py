@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tunneler import jwt
@@ -118,3 +119,34 @@ def test_cli_reports_clear_errors(net: Path, tmp_path: Path, capsys: pytest.Capt
     existing.write_text("{}")
     assert cli(["enroll", "--jwt", str(bad), "--identity", str(existing)]) == 1
     assert "already exists" in capsys.readouterr().err
+
+
+def test_controller_client_pages_refreshes_and_reauthenticates(net: Path, tmp_path: Path) -> None:
+    policy = tmp_path / "many.yaml"
+    policy.write_text(yaml.safe_dump({
+        "identities": [{"name": "laptop", "roleAttributes": ["clients"]}],
+        "services": [{"name": f"svc{i:02d}", "roleAttributes": ["many"], "configs": {}}
+                     for i in range(30)],
+        "servicePolicies": [{"name": "dial-many", "type": "Dial", "identityRoles": ["#clients"],
+                             "serviceRoles": ["#many"]}],
+    }))
+    assert cli(["network", "apply", str(net), str(policy)]) == 0
+    jwt_file = _token(net, "laptop", tmp_path)
+
+    async def scenario() -> None:
+        identity = await enroll(jwt_file)
+        async with ControllerClient(identity) as client:
+            first = await client.authenticate()
+            services = await client.services()  # 30 services: two pages of 25
+            assert sorted(s.name for s in services) == [f"svc{i:02d}" for i in range(30)]
+            refreshed = await client.refresh_api_session()
+            assert refreshed.token == first.token
+            assert refreshed.expires_at is not None and first.expires_at is not None
+            assert refreshed.expires_at >= first.expires_at
+            await client.logout()  # the controller forgets the session ...
+            client.api_session = first  # ... but the client still presents the old token
+            assert len(await client.services()) == 30  # UNAUTHORIZED → re-authenticated
+            assert client.api_session is not None
+            assert client.api_session.token != first.token
+
+    _with_controller(net, scenario)

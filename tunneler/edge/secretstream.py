@@ -1,0 +1,161 @@
+"""libsodium's `crypto_secretstream_xchacha20poly1305`, byte-exact, on OpenSSL primitives.
+
+PyNaCl's bundled libsodium runs portable C and zero-fills a fresh buffer per call; here the
+hot path is two OpenSSL calls (ChaCha20, Poly1305) through `cryptography`. Construction
+(libsodium `secretstream_xchacha20poly1305.c`):
+
+* init: subkey = HChaCha20(key, header[0:16]); inonce = header[16:24]; counter = 1.
+* per chunk, with the IETF nonce counter(le32) ‖ inonce: ChaCha20 block 0 is the Poly1305
+  key, block 1 encrypts the tag byte (byte 0 of an otherwise zero block), blocks 2.. the
+  message. MAC over ad ‖ pad16(ad) ‖ the whole encrypted tag block ‖ ciphertext ‖
+  zeros(mlen % 16) ‖ le64(adlen) ‖ le64(64 + mlen) — libsodium's misaligned padding, kept.
+* chunk = encrypted tag byte ‖ ciphertext ‖ mac; then inonce ^= mac[0:8], counter += 1,
+  and rekey on TAG_REKEY or when the 32-bit counter wraps to 0.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext
+from cryptography.hazmat.primitives.ciphers.algorithms import ChaCha20
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+from tunneler.errors import CryptoError
+
+KEY_BYTES = 32
+HEADER_BYTES = 24
+ABYTES = 17  # tag byte + 16-byte MAC
+MESSAGE_BYTES_MAX = 64 * (2**32 - 2)  # libsodium's bound on 64-bit hosts
+TAG_MESSAGE = 0
+TAG_PUSH = 1
+TAG_REKEY = 2
+TAG_FINAL = TAG_PUSH | TAG_REKEY
+
+_HCHACHA_INPUT_BYTES = 16
+_SIGMA_WORDS = struct.unpack("<4I", b"expand 32-byte k")
+_BLOCK = 64
+_KEYSTREAM_HEAD = bytes(2 * _BLOCK)  # block 0 (Poly1305 key) and block 1 (tag block)
+_ZERO_PAD = bytes(16)
+_LENGTHS = struct.Struct("<QQ")
+_WORD_MASK = 0xFFFFFFFF
+
+
+def hchacha20(key: bytes, data: bytes) -> bytes:
+    """HChaCha20(key, 16-byte input) from one raw ChaCha20 block.
+
+    A ChaCha20 block is rounds(state) + state, word by word; HChaCha20 is words 0..3 and
+    12..15 of rounds(state), so subtract the known input words again.
+    """
+    if len(key) != KEY_BYTES or len(data) != _HCHACHA_INPUT_BYTES:
+        raise CryptoError("hchacha20 needs a 32-byte key and a 16-byte input")
+    block = Cipher(ChaCha20(key, data), None).encryptor().update(bytes(_BLOCK))
+    words = struct.unpack("<16I", block)
+    inputs = _SIGMA_WORDS + struct.unpack("<8I", key) + struct.unpack("<4I", data)
+    rounds = [(word - start) & _WORD_MASK for word, start in zip(words, inputs, strict=True)]
+    return struct.pack("<8I", *rounds[0:4], *rounds[12:16])
+
+
+class _Stream:
+    """State shared by both directions: subkey, 32-bit counter, 8-byte inonce."""
+
+    __slots__ = ("_counter", "_inonce", "_key")
+
+    def __init__(self, key: bytes, header: bytes) -> None:
+        if len(key) != KEY_BYTES:
+            raise CryptoError(f"secretstream key must be {KEY_BYTES} bytes, got {len(key)}")
+        if len(header) != HEADER_BYTES:
+            raise CryptoError(
+                f"secretstream header must be {HEADER_BYTES} bytes, got {len(header)}")
+        self._key = hchacha20(bytes(key), bytes(header[:_HCHACHA_INPUT_BYTES]))
+        self._inonce = bytes(header[_HCHACHA_INPUT_BYTES:])
+        self._counter = 1
+
+    def rekey(self) -> None:
+        """Replace key and inonce with their encryption under the current nonce; counter = 1."""
+        fresh = self._keystream().update(self._key + self._inonce)
+        self._key, self._inonce = fresh[:KEY_BYTES], fresh[KEY_BYTES:]
+        self._counter = 1
+
+    def _keystream(self) -> CipherContext:
+        """ChaCha20 at block 0 of the current nonce (cryptography: le32 block ‖ 12-byte nonce)."""
+        nonce = bytes(4) + self._counter.to_bytes(4, "little") + self._inonce
+        return Cipher(ChaCha20(self._key, nonce), None).encryptor()
+
+    def _advance(self, mac: bytes, tag: int) -> None:
+        mixed = int.from_bytes(self._inonce, "little") ^ int.from_bytes(mac[:8], "little")
+        self._inonce = mixed.to_bytes(8, "little")
+        self._counter = (self._counter + 1) & _WORD_MASK
+        if tag & TAG_REKEY or self._counter == 0:
+            self.rekey()
+
+
+def _authenticator(poly_key: bytes, ad: bytes, tag_block: bytes,
+                   ciphertext: bytes | memoryview) -> Poly1305:
+    """Poly1305 over everything the chunk MAC covers, ready to finalize or verify."""
+    mac = Poly1305(poly_key)
+    if ad:
+        mac.update(ad)
+        mac.update(_ZERO_PAD[:-len(ad) % 16])
+    mac.update(tag_block)
+    mac.update(ciphertext)
+    mlen = len(ciphertext)
+    mac.update(_ZERO_PAD[:mlen % 16] + _LENGTHS.pack(len(ad), _BLOCK + mlen))
+    return mac
+
+
+def _check_size(mlen: int) -> None:
+    if mlen > MESSAGE_BYTES_MAX:
+        raise CryptoError(f"secretstream message of {mlen} bytes exceeds {MESSAGE_BYTES_MAX}")
+
+
+class PushStream(_Stream):
+    """`init_push` + `push`: `header` goes to the peer first, then one `push()` per chunk."""
+
+    __slots__ = ("header",)
+
+    def __init__(self, key: bytes, header: bytes | None = None) -> None:
+        """`header` is random unless given (given only to reproduce a known stream)."""
+        self.header = os.urandom(HEADER_BYTES) if header is None else bytes(header)
+        super().__init__(key, self.header)
+
+    def push(self, message: bytes | bytearray | memoryview, ad: bytes = b"",
+             tag: int = TAG_MESSAGE) -> bytes:
+        """Encrypt one chunk: encrypted tag byte ‖ ciphertext ‖ 16-byte MAC."""
+        _check_size(len(message))
+        if not 0 <= tag <= 0xFF:
+            raise CryptoError(f"secretstream tag must be one byte, got {tag}")
+        stream = self._keystream()
+        head = stream.update(_KEYSTREAM_HEAD)
+        tag_block = bytes((head[_BLOCK] ^ tag,)) + head[_BLOCK + 1:]
+        ciphertext = stream.update(message)
+        mac = _authenticator(head[:32], ad, tag_block, ciphertext).finalize()
+        self._advance(mac, tag)
+        return b"".join((tag_block[:1], ciphertext, mac))
+
+
+class PullStream(_Stream):
+    """`init_pull` + `pull`: built from the peer's header, then one `pull()` per chunk."""
+
+    __slots__ = ()
+
+    def pull(self, chunk: bytes | bytearray | memoryview, ad: bytes = b"") -> tuple[bytes, int]:
+        """Verify and decrypt one chunk: (plaintext, tag). State advances only on success."""
+        if len(chunk) < ABYTES:
+            raise CryptoError(f"secretstream chunk of {len(chunk)} bytes is shorter than {ABYTES}")
+        _check_size(len(chunk) - ABYTES)
+        view = memoryview(chunk)
+        stream = self._keystream()
+        head = stream.update(_KEYSTREAM_HEAD)
+        tag_block = bytes(view[:1]) + head[_BLOCK + 1:]
+        ciphertext, mac = view[1:-16], bytes(view[-16:])
+        try:
+            _authenticator(head[:32], ad, tag_block, ciphertext).verify(mac)
+        except InvalidSignature:
+            raise CryptoError("secretstream chunk failed authentication") from None
+        tag = view[0] ^ head[_BLOCK]
+        plaintext = stream.update(ciphertext)
+        self._advance(mac, tag)
+        return plaintext, tag

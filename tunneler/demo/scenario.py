@@ -137,7 +137,8 @@ class Scenario:
 
     def start(self, ns: Netns, name: str, argv: Sequence[str]) -> None:
         """Start a long-running program in `ns`, logging to WORKDIR/<name>.log."""
-        shown = " ".join(["tunneler", *argv[3:]] if list(argv[:3]) == TUNNELER else argv[2:])
+        shown = " ".join(["tunneler", *argv[3:]] if list(argv[:3]) == TUNNELER
+                         else ["python", *argv[1:]] if argv[0] == PYTHON else argv)
         self.echo(f"[{ns.role}] $ {shown} &")
         with (self.dir / f"{name}.log").open("wb") as log:
             self.procs[name] = (ns, ns.popen(argv, stdout=log, cwd=self.dir))

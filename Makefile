@@ -28,8 +28,11 @@ test: lint
 unit: deps
 	$(BIN)/python -m pytest tests/unit
 
+# The figures of docs/benchmarks.md; intercept.py and scenario.py need root (namespaces, TUN).
 bench: deps
 	$(BIN)/python bench/overlay.py
+	$(BIN)/python bench/intercept.py
+	$(BIN)/python bench/scenario.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

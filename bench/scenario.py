@@ -109,21 +109,50 @@ def measure(size: int, seconds: float) -> dict[str, Any]:
     }
 
 
+LLM_ROWS = [("completions_per_s", "completions/s (16 connections)"),
+            ("ttft_keepalive_p50_ms", "TTFT p50, kept-alive connection (ms)"),
+            ("ttft_keepalive_p90_ms", "TTFT p90, kept-alive connection (ms)"),
+            ("ttft_new_conn_p50_ms", "TTFT p50, new connection (ms)"),
+            ("ttft_new_conn_p90_ms", "TTFT p90, new connection (ms)")]
+BULK_ROWS = [("bulk_1_MBps", "download, 1 stream (MB/s)"),
+             ("bulk_16_MBps", "download, 16 streams (MB/s)"),
+             ("conn_per_s", "new connections/s"),
+             ("rtt_p50_us", "1-byte RTT p50 (µs)"),
+             ("rtt_p99_us", "1-byte RTT p99 (µs)")]
+
+
+def report(result: dict[str, Any]) -> str:
+    """Markdown tables of a run: figures per path and tunnel / baseline ratios."""
+    llm, bulk = result["llm"], result["bulk"]
+    lines = ["| LLM endpoint | tunnel | direct | tunnel / direct |", "|---|---|---|---|"]
+    lines += [f"| {label} | {llm['tunnel'][key]:.1f} | {llm['direct'][key]:.1f} | "
+              f"{llm['tunnel'][key] / llm['direct'][key]:.2f} |" for key, label in LLM_ROWS]
+    lines += ["", "| bulk TCP | tunnel | OpenVPN | direct | tunnel / OpenVPN | tunnel / direct |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {label} | {bulk['tunnel'][key]:.1f} | {bulk['openvpn'][key]:.1f} | "
+              f"{bulk['direct'][key]:.1f} | {bulk['tunnel'][key] / bulk['openvpn'][key]:.2f} | "
+              f"{bulk['tunnel'][key] / bulk['direct'][key]:.2f} |" for key, label in BULK_ROWS]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--render", type=Path, help="only print the tables of a saved --json")
     args = parser.parse_args()
+    if args.render:
+        print(report(json.loads(args.render.read_text())))
+        return 0
     if os.geteuid() != 0:
         sys.exit("run as root: the benchmark creates network namespaces")
     started = time.monotonic()
     result = measure(args.size_mib << 20, args.seconds)
     result["wall_seconds"] = round(time.monotonic() - started, 1)
-    text = json.dumps(result, indent=2)
-    print(text)
     if args.json:
-        args.json.write_text(text + "\n")
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(report(result))
     return 0
 
 

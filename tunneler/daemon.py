@@ -32,6 +32,7 @@ from tunneler.log import get_logger
 from tunneler.ops import runtime as ops_runtime
 from tunneler.ops.enroll_dir import enroll_pending
 from tunneler.ops.options import NO_OPS, OpsConfig
+from tunneler.ops.stats import Stats
 from tunneler.ops.views import InterceptView
 from tunneler.tun import cleanup, routes
 from tunneler.tun.device import LinuxTun
@@ -123,12 +124,13 @@ class Daemon:
         self.engine: Engine | None = None
         self.resolver: system.SystemResolver | None = None
         self.excluded: list[str] = []
+        self.stats = Stats()  # per-service counters: the engine counts, the ops layer reads
         self._routes_lock = asyncio.Lock()
         self._updates: set[asyncio.Task[None]] = set()
 
     async def run(self, stop: asyncio.Event) -> int:
         """Start, serve until `stop` is set, stop; returns the exit code."""
-        view = InterceptView(self)
+        view = InterceptView(self, self.stats)
         async with ops_runtime.serve(view, self.config.ops, background=[view.keep_links()]) as ops:
             return await self._run(stop, ops)
 
@@ -171,7 +173,7 @@ class Daemon:
         self.journal.record(Step.delete_link(self.config.tun_name))
         self.tun = LinuxTun(self.config.tun_name)
         self.engine = Engine(self.tun, self.contexts, self.pool, limits=self.config.limits,
-                             upstreams=upstreams)
+                             upstreams=upstreams, counters=self.stats)
         await self._apply_routes()
         await self.engine.start()
         await self._apply_routes()

@@ -6,17 +6,24 @@ config and the dialer's app data (`client.targets`), connect it within
 `listenOptions.connectTimeoutSeconds`, and answer DialSuccess only once that worked (DialFailed
 with the reason otherwise). Only outbound connections are made. Services appearing, changing
 or disappearing in the controller are bound, re-bound or unbound on the next refresh.
+Flows, bytes, target connect times and failures are counted per service for the ops layer.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from tunneler import aio
-from tunneler.client.bridge import connect_datagram, connect_stream
+from tunneler.client.bridge import (
+    DatagramBridge,
+    StreamBridge,
+    connect_datagram,
+    connect_stream,
+)
 from tunneler.client.conn import EdgeSink
 from tunneler.client.context import Binding, ZitiContext
 from tunneler.client.ctrl import ServiceInfo
@@ -32,11 +39,12 @@ from tunneler.configs import (
     parse_host,
     parse_tunneler_server,
 )
-from tunneler.errors import ConfigError
+from tunneler.errors import ConfigError, DialError
 from tunneler.log import get_logger
 from tunneler.ops import runtime as ops_runtime
 from tunneler.ops.enroll_dir import enroll_pending
 from tunneler.ops.options import NO_OPS, OpsConfig
+from tunneler.ops.stats import Stats, failure_reason
 from tunneler.ops.views import HostView
 
 log = get_logger("host")
@@ -78,9 +86,10 @@ async def run_host(paths: Sequence[Path], stop: asyncio.Event, *,
                    refresh_interval: float = 60.0,
                    ops_config: OpsConfig = NO_OPS) -> int:
     """Host services for every identity until `stop` is set; then unbind."""
-    hosts = [ServiceHost(ZitiContext(path, refresh_interval=refresh_interval))
+    stats = Stats()
+    hosts = [ServiceHost(ZitiContext(path, refresh_interval=refresh_interval), stats)
              for path in paths]
-    view = HostView(hosts)
+    view = HostView(hosts, stats)
     async with ops_runtime.serve(view, ops_config) as ops:
         return await _host(hosts, view, stop, ops)
 
@@ -105,8 +114,9 @@ async def _host(hosts: Sequence[ServiceHost], view: HostView, stop: asyncio.Even
 class ServiceHost:
     """Keeps one identity's hostable services bound."""
 
-    def __init__(self, ctx: ZitiContext) -> None:
+    def __init__(self, ctx: ZitiContext, stats: Stats | None = None) -> None:
         self.ctx = ctx
+        self.stats = stats or Stats()
         self.bindings: dict[str, Binding] = {}
 
     def start(self) -> None:
@@ -132,7 +142,8 @@ class ServiceHost:
             log.info("host.service_skipped", service=service.name, reason="no host config")
             return
         self.bindings[service.name] = self.ctx.bind(
-            service, dial_handler(service.name, config), bind_options(config, self.ctx.name))
+            service, dial_handler(service.name, config, self.stats),
+            bind_options(config, self.ctx.name))
 
     async def close(self) -> None:
         """Unbind everything and close the context."""
@@ -166,18 +177,29 @@ def bind_options(config: HostV1, identity_name: str) -> BindOptions:
                        terminator_identity=identity)
 
 
-def dial_handler(service_name: str, config: HostV1) -> DialHandler:
-    """Connect each incoming dial to its target (raises DialError → DialFailed)."""
+def dial_handler(service_name: str, config: HostV1, stats: Stats | None = None) -> DialHandler:
+    """Connect each incoming dial to its target (raises DialError → DialFailed), counted in
+    `stats` (the connect time as dial latency)."""
     listen = config.listen_options or ListenOptions()
     timeout = float(listen.connect_timeout_seconds or DEFAULT_CONNECT_TIMEOUT)
+    counters = stats or Stats()
+    meter = counters.meter(service_name)
 
     async def on_dial(incoming: IncomingDial) -> EdgeSink:
-        target = select_target(config, incoming.app_data)
-        sink: EdgeSink
-        if target.protocol == "udp":
-            sink = await connect_datagram(target.host, target.port)
-        else:
-            sink = await connect_stream(target.host, target.port, timeout)
+        started = time.perf_counter()
+        try:
+            target = select_target(config, incoming.app_data)
+            sink: StreamBridge | DatagramBridge
+            if target.protocol == "udp":
+                sink = await connect_datagram(target.host, target.port, meter)
+            else:
+                sink = await connect_stream(target.host, target.port, timeout, meter)
+        except DialError as exc:
+            counters.dial_failed(service_name, failure_reason(exc), str(exc))
+            raise
+        counters.dial_succeeded(service_name, time.perf_counter() - started)
+        counters.flow_opened(service_name)
+        sink.on_lost(lambda: counters.flow_closed(service_name))
         log.debug("host.flow_connected", service=service_name, caller=incoming.caller_id,
                   dst=f"{target.protocol}:{target.host}:{target.port}")
         return sink

@@ -3,14 +3,16 @@
 One namespace holds the network (controller + router), run-host, the LLM stub and the daemon.
 The test drives the daemon only as an operator would: `tunneler intercepts` (table and
 --json), `tunneler status` (exit codes healthy / unhealthy), `tunneler log-level`,
-`tunneler refresh`, and curl against --metrics-listen; the router goes away (network stopped)
-and comes back (network restarted), and /ready and `status` follow.
+`tunneler refresh`, and curl against --metrics-listen (per-service flows and bytes, the dial
+latency histogram); a held connection shows as an active flow of its service; the router goes
+away (network stopped) and comes back (network restarted), and /ready and `status` follow.
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,12 +47,44 @@ def cli(deploy: Deployment, ns: Namespace, sock: Path, *args: str) -> tuple[int,
     return result.returncode, result.stdout + result.stderr
 
 
-def metric(text: str, name: str) -> float:
+def metric(text: str, name: str, **labels: str) -> float:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name and not sample.labels:
+            if sample.name == name and sample.labels == labels:
                 return float(sample.value)
-    raise AssertionError(f"{name} not in /metrics")
+    raise AssertionError(f"{name}{labels} not in /metrics")
+
+
+def intercept_entry(deploy: Deployment, ns: Namespace, sock: Path) -> dict[str, object]:
+    code, text = cli(deploy, ns, sock, "intercepts", "--json")
+    assert code == 0, text
+    (entry,) = json.loads(text)["intercepts"]
+    assert isinstance(entry, dict)
+    return entry
+
+
+def check_service_counters(deploy: Deployment, ns: Namespace, sock: Path) -> None:
+    """After FLOWS curls: per-service flows, bytes both ways and FLOWS timed dials; a held
+    connection is one active flow in `intercepts` (JSON and table) until it closes."""
+    text = http(ns, "/metrics")[1]
+    assert metric(text, "tunneler_service_flows_total", service="llm") == FLOWS
+    assert metric(text, "tunneler_service_bytes_total", service="llm", direction="up") > 0
+    assert metric(text, "tunneler_service_bytes_total", service="llm", direction="down") > 0
+    assert metric(text, "tunneler_bytes_total", direction="down") > 0
+    assert metric(text, "tunneler_dial_latency_seconds_count") == FLOWS
+    assert metric(text, "tunneler_dial_latency_seconds_sum") > 0
+    holder = ("import socket, time\n"
+              "s = socket.create_connection(('llm.private.test', 8000), timeout=10)\n"
+              "print('connected', flush=True)\n"
+              "time.sleep(60)\n")
+    deploy.start(ns, "holder", [sys.executable, "-c", holder])
+    deploy.wait_log("holder", "connected")
+    eventually(lambda: intercept_entry(deploy, ns, sock)["active_flows"] == 1)
+    code, table = cli(deploy, ns, sock, "intercepts")
+    assert code == 0 and table.splitlines()[1].split()[-2:] == ["1", "-"], table
+    assert metric(http(ns, "/metrics")[1], "tunneler_service_flows_active", service="llm") == 1
+    deploy.stop("holder", signal.SIGKILL)
+    eventually(lambda: intercept_entry(deploy, ns, sock)["active_flows"] == 0)
 
 
 def check_intercepts(deploy: Deployment, ns: Namespace, sock: Path) -> None:
@@ -122,6 +156,7 @@ def test_operate_the_daemon(netns_pool: NetnsPool, tmp_path: Path) -> None:
             ns.run(["curl", "-sS", "--max-time", "10", "http://llm.private.test:8000/v1/models"])
         check_intercepts(deploy, ns, sock)
         eventually(lambda: metric(http(ns, "/metrics")[1], "tunneler_flows_total") == FLOWS)
+        check_service_counters(deploy, ns, sock)
         text = http(ns, "/metrics")[1]
         assert metric(text, "tunneler_ready") == 1
         assert metric(text, "tunneler_vip_pool_used") >= 1

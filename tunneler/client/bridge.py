@@ -7,6 +7,9 @@ and resets the local socket (SO_LINGER 0) when the circuit ends abnormally.
 
 `DatagramBridge` carries one UDP flow: one datagram per Data message, ended after `idle`
 seconds without traffic in either direction.
+
+Both count relayed bytes into an optional `ByteMeter` (one integer add per chunk or datagram):
+`bytes_up` for local socket → overlay, `bytes_down` for overlay → local socket.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 from tunneler.client.conn import EdgeConnection
 from tunneler.errors import DialError
@@ -28,6 +31,13 @@ LOCAL_HIGH_WATER = 1024 * 1024
 LOCAL_LOW_WATER = 256 * 1024
 UDP_IDLE_TIMEOUT = 30.0
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+class ByteMeter(Protocol):
+    """Where a bridge counts the bytes it relays (`tunneler.ops.stats.ServiceMeter`)."""
+
+    bytes_up: int
+    bytes_down: int
 
 
 def reset(transport: asyncio.Transport) -> None:
@@ -42,9 +52,11 @@ def reset(transport: asyncio.Transport) -> None:
 class StreamBridge(asyncio.Protocol):
     """A local TCP connection bridged to an edge connection."""
 
-    def __init__(self, on_made: Callable[[StreamBridge], None] | None = None) -> None:
+    def __init__(self, on_made: Callable[[StreamBridge], None] | None = None, *,
+                 meter: ByteMeter | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.conn: EdgeConnection | None = None
+        self.meter = meter
         self._on_made = on_made
         self._on_lost: Callable[[], object] | None = None
         self._link_writable = True
@@ -66,6 +78,8 @@ class StreamBridge(asyncio.Protocol):
             self._on_made(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.meter is not None:
+            self.meter.bytes_up += len(data)
         if self.conn is not None:
             self.conn.write(data)
         else:
@@ -131,6 +145,8 @@ class StreamBridge(asyncio.Protocol):
 
     def edge_data(self, data: bytes) -> None:
         if self.transport is not None and not self.done:
+            if self.meter is not None:
+                self.meter.bytes_down += len(data)
             self.transport.write(data)
 
     def edge_eof(self) -> None:
@@ -152,7 +168,8 @@ class StreamBridge(asyncio.Protocol):
         self._update_reading()
 
 
-async def connect_stream(host: str, port: int, timeout: float) -> StreamBridge:
+async def connect_stream(host: str, port: int, timeout: float,
+                         meter: ByteMeter | None = None) -> StreamBridge:
     """Connect a local TCP target for a host-side flow.
 
     Raises:
@@ -161,7 +178,8 @@ async def connect_stream(host: str, port: int, timeout: float) -> StreamBridge:
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            _, bridge = await loop.create_connection(StreamBridge, host, port)
+            _, bridge = await loop.create_connection(lambda: StreamBridge(meter=meter), host,
+                                                     port)
     except TimeoutError:
         raise DialError(f"connect to tcp:{host}:{port} timed out after {timeout:g}s") from None
     except OSError as exc:
@@ -172,9 +190,12 @@ async def connect_stream(host: str, port: int, timeout: float) -> StreamBridge:
 class DatagramBridge(asyncio.DatagramProtocol):
     """A connected UDP socket carrying one flow; one datagram per Data message."""
 
-    def __init__(self, idle_timeout: float = UDP_IDLE_TIMEOUT) -> None:
+    def __init__(self, idle_timeout: float = UDP_IDLE_TIMEOUT, *,
+                 meter: ByteMeter | None = None) -> None:
         self.transport: asyncio.DatagramTransport | None = None
         self.conn: EdgeConnection | None = None
+        self.meter = meter
+        self._on_lost: Callable[[], object] | None = None
         self._idle_timeout = idle_timeout
         self._last_activity = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -185,6 +206,8 @@ class DatagramBridge(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
         if self.conn is not None:
+            if self.meter is not None:
+                self.meter.bytes_up += len(data)
             self._touch()
             self.conn.write(data)
 
@@ -197,6 +220,12 @@ class DatagramBridge(asyncio.DatagramProtocol):
             self._timer.cancel()
         if self.conn is not None:
             self.conn.close()
+        if self._on_lost is not None:
+            self._on_lost()
+
+    def on_lost(self, callback: Callable[[], object]) -> None:
+        """Call `callback` when the socket closes (idle, overlay close or error)."""
+        self._on_lost = callback
 
     def _touch(self) -> None:
         self._last_activity = asyncio.get_running_loop().time()
@@ -217,6 +246,8 @@ class DatagramBridge(asyncio.DatagramProtocol):
 
     def edge_data(self, data: bytes) -> None:
         if self.transport is not None and not self.done:
+            if self.meter is not None:
+                self.meter.bytes_down += len(data)
             self._touch()
             self.transport.sendto(data)
 
@@ -232,7 +263,8 @@ class DatagramBridge(asyncio.DatagramProtocol):
         """Datagrams are dropped, not queued, under pressure: nothing to pause."""
 
 
-async def connect_datagram(host: str, port: int) -> DatagramBridge:
+async def connect_datagram(host: str, port: int,
+                           meter: ByteMeter | None = None) -> DatagramBridge:
     """A connected UDP socket to a host-side target.
 
     Raises:
@@ -240,7 +272,8 @@ async def connect_datagram(host: str, port: int) -> DatagramBridge:
     """
     loop = asyncio.get_running_loop()
     try:
-        _, bridge = await loop.create_datagram_endpoint(DatagramBridge, remote_addr=(host, port))
+        _, bridge = await loop.create_datagram_endpoint(lambda: DatagramBridge(meter=meter),
+                                                        remote_addr=(host, port))
     except OSError as exc:
         raise DialError(f"udp:{host}:{port}: {exc.strerror or exc}") from None
     return bridge

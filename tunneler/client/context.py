@@ -5,6 +5,10 @@
 connected one preferred, else the first to finish its hello), caches Dial sessions per service
 (dropped when a router says "Invalid Session") and keeps each bound service bound across
 router and controller restarts, with backoff and jitter per router and per binding.
+
+Read-only views for the ops layer: `links()` (every known router and its channel) and
+`controller_contact` (the time and outcome of the last service or API-session refresh, so a
+controller that went away shows within one refresh interval).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import asyncio
 import datetime
 import itertools
 import random
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,24 @@ log = get_logger("context")
 REFRESH_INTERVAL = 60.0
 MAX_DIAL_ATTEMPTS = 3
 ServiceListener = Callable[[ServiceChanges], None]
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """One edge router of an identity and the state of our channel to it."""
+
+    router: str                  # the router's name (its URL when the controller gave none)
+    url: str                     # tls://host:port
+    connected: bool
+    latency: float | None        # seconds, the last latency probe's round trip
+
+
+@dataclass(frozen=True)
+class ControllerContact:
+    """The last refresh that asked the controller something."""
+
+    at: float | None = None      # wall-clock time (time.time()); None: not yet
+    error: str | None = None     # None: it answered
 
 
 class ZitiContext:
@@ -59,6 +82,7 @@ class ZitiContext:
         self._listeners: list[ServiceListener] = []
         self._last_change: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.controller_contact = ControllerContact()
 
     @property
     def name(self) -> str:
@@ -127,8 +151,36 @@ class ZitiContext:
         """Call `listener(changes)` after every refresh that changed something."""
         self._listeners.append(listener)
 
+    def links(self) -> list[LinkInfo]:
+        """Every router the controller listed, then any other router we hold a link to."""
+        names = {r.url: r.name for r in self._routers}
+        urls = list(names) + [u for u in self._links if u not in names]
+        result = []
+        for url in urls:
+            link = self._links.get(url)
+            result.append(LinkInfo(names.get(url) or url, url,
+                                   link is not None and not link.closed,
+                                   link.latency if link is not None else None))
+        return result
+
+    def _contacted(self, error: BaseException | None) -> None:
+        self.controller_contact = ControllerContact(time.time(),
+                                                    None if error is None else str(error))
+
     async def refresh_services(self) -> ServiceChanges | None:
-        """Re-read the service list if `lastChangeAt` moved; notify subscribers of changes."""
+        """Re-read the service list if `lastChangeAt` moved; notify subscribers of changes.
+
+        The outcome is kept in `controller_contact`.
+        """
+        try:
+            changes = await self._refresh_services()
+        except (ControllerError, OSError, TimeoutError) as exc:
+            self._contacted(exc)
+            raise
+        self._contacted(None)
+        return changes
+
+    async def _refresh_services(self) -> ServiceChanges | None:
         last_change = await self.ctrl.service_updates()
         if last_change is not None and last_change == self._last_change:
             return None
@@ -150,7 +202,8 @@ class ZitiContext:
             try:
                 await self._refresh_api_session()
                 await self.refresh_services()
-            except ControllerError as exc:
+            except (ControllerError, OSError, TimeoutError) as exc:
+                self._contacted(exc)
                 log.warning("context.refresh_failed", identity=self.name, error=str(exc))
 
     async def _refresh_api_session(self) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import time
 from collections.abc import Callable
 from typing import Protocol, cast
 from urllib.parse import urlsplit
@@ -306,7 +307,7 @@ class RouterLink(asyncio.Protocol):
         """Send a latency probe; record the round trip, or close the link if none comes."""
         probe = Message(CONTENT_TYPE_LATENCY)
         probe.set_uint64(LATENCY_PROBE_TIME_HEADER, int(self._loop.time() * 1000))
-        started = self._loop.time()
+        started = time.perf_counter()  # a loop clock (uvloop: 1 ms steps) reads 0 on loopback
         try:
             await self.request_async(probe, LATENCY_TIMEOUT)
         except TimeoutError:
@@ -314,7 +315,7 @@ class RouterLink(asyncio.Protocol):
                 log.warning("link.latency_probe_timed_out", router=self.url)
                 self.abort()
             return
-        self.latency = self._loop.time() - started
+        self.latency = time.perf_counter() - started
 
     # -- closing ---------------------------------------------------------------------------
     def close(self) -> None:

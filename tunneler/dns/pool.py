@@ -19,6 +19,7 @@ API:
 - ``assign(name, now, wildcard=None) -> IPv4Address`` (same IP while the name is held);
   raises ``PoolExhausted`` or ``WildcardQuotaExceeded`` (answer SERVFAIL).
 - ``lookup(name)``, ``hostname_for(ip)`` (reverse map, also for retired names with flows).
+- ``wildcard_names(domain)``: the names (and VIPs) assigned under ``*.domain`` now.
 - ``acquire(ip, now)`` / ``release(ip, now)``: a flow to the VIP started / ended (refcount:
   an IP with live flows is never reassigned); ``touch(ip, now)`` records use.
 - ``retain(keep, now)``: retire every name for which ``keep(name)`` is false (services changed).
@@ -107,6 +108,15 @@ class VipPool:
         """Return the name holding ``ip`` (retired names keep it while flows live)."""
         entry = self._by_offset.get(int(ip) - self._base)
         return entry.name if entry is not None else None
+
+    def wildcard_names(self, domain: str) -> list[tuple[str, IPv4Address]]:
+        """The active names assigned under ``*.domain`` with their VIPs, most recently used
+        first (at most ``wildcard_quota`` of them)."""
+        names = self._wildcards.get(domain)
+        if names is None:
+            return []
+        entries = (self._by_name[name] for name in reversed(names))
+        return [(e.name, self._ip(e)) for e in entries if not e.retired]
 
     def assign(self, name: str, now: float, wildcard: str | None = None) -> IPv4Address:
         """Return the VIP for ``name``, allocating one if needed.

@@ -6,13 +6,18 @@ start; until ``connection_made`` it keeps what the service already sent (capped:
 ``HELD_HIGH_WATER`` bytes the router link is paused), a FIN, or the close, and replays them
 once the socket is there. From then on it is a plain ``StreamBridge`` (half-close,
 backpressure, RST on an abnormal overlay close).
+
+Bytes go to the service's meter as in ``StreamBridge`` (held bytes when they arrive); the held
+buffer and the local write buffer (when it reaches its high-water mark) report their levels
+to the ops counters as ``tcp_held`` and ``tcp_local_write``.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from tunneler.client.bridge import StreamBridge, reset
+from tunneler.client.bridge import ByteMeter, StreamBridge, reset
+from tunneler.ops.stats import Stats
 
 HELD_HIGH_WATER = 256 * 1024
 
@@ -20,8 +25,9 @@ HELD_HIGH_WATER = 256 * 1024
 class InterceptBridge(StreamBridge):
     """A ``StreamBridge`` whose local socket arrives after the edge connection."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, meter: ByteMeter | None = None, counters: Stats | None = None) -> None:
+        super().__init__(meter=meter)
+        self._counters = counters
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._held_eof = False
@@ -33,6 +39,10 @@ class InterceptBridge(StreamBridge):
             return
         self._held.append(data)
         self._held_bytes += len(data)
+        if self.meter is not None:
+            self.meter.bytes_down += len(data)
+        if self._counters is not None:
+            self._counters.buffer_level("tcp_held", self._held_bytes)
         if self._held_bytes > HELD_HIGH_WATER:
             self.pause_writing()
 
@@ -48,6 +58,11 @@ class InterceptBridge(StreamBridge):
         else:
             self._held_close = abrupt
             self._release_link()
+
+    def pause_writing(self) -> None:
+        if self._counters is not None and self.transport is not None:
+            self._counters.buffer_level("tcp_local_write", self.transport.get_write_buffer_size())
+        super().pause_writing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)

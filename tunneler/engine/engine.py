@@ -5,7 +5,9 @@ reserves the NAT address N from the pool (the first free VIP, held forever under
 no intercept can carry), opens the listener, and starts reading the TUN; ``update_intercepts()``
 applies a service change (intercept table, DNS names, pool retirement) without touching
 existing flows; ``drain()`` refuses new flows; ``close()`` drains the rest and stops.
-Malformed packets are dropped and counted by reason (``drop_<reason>``).
+Malformed packets are dropped and counted by reason (``drop_<reason>``). Per-service counters
+(flows, bytes, dial latency and failures, buffer levels) go to ``counters``, the ops layer's
+``Stats`` that ``tunneler intercepts``/``status`` and ``/metrics`` read.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tunneler.engine.tcp import TcpInterceptor
 from tunneler.engine.tunreader import TunPump
 from tunneler.engine.udp import UdpInterceptor
 from tunneler.log import get_logger
+from tunneler.ops import stats as ops_stats
 from tunneler.packet.parse import PROTO_TCP, PROTO_UDP, DropReason, Parsed, parse
 from tunneler.tun.device import TunDevice
 
@@ -37,16 +40,19 @@ class Engine:
     """The intercepting data path over one TUN device."""
 
     def __init__(self, tun: TunDevice, contexts: Sequence[DialContext], pool: VipPool, *,
-                 limits: Limits | None = None, upstreams: Sequence[Upstream] = ()) -> None:
+                 limits: Limits | None = None, upstreams: Sequence[Upstream] = (),
+                 counters: ops_stats.Stats | None = None) -> None:
         self.limits = limits or Limits()
         self.stats = Stats()
+        self.counters = counters or ops_stats.Stats()
         self.pool = pool
         self.pump = TunPump(tun, self.stats)
         self.policy = InterceptPolicy(contexts, pool)
         self.responder = DnsResponder(pool, upstream=bool(upstreams))
         self.dns = DnsServer(self.pump, self.responder, self.stats, self.limits, upstreams,
                              [pool.network, ipaddress.ip_network("127.0.0.0/8")])
-        self.udp = UdpInterceptor(self.pump, self.policy, pool, self.stats, self.limits)
+        self.udp = UdpInterceptor(self.pump, self.policy, pool, self.stats, self.limits,
+                                  self.counters)
         self.tcp: TcpInterceptor | None = None
         self._parsed = Parsed()
         self._dns_ip = int(pool.dns_ip)
@@ -59,7 +65,7 @@ class Engine:
         nat_ip = self.pool.assign(NAT_NAME, loop.time())
         self.pool.acquire(nat_ip, loop.time())  # a live "flow": never retired or reassigned
         self.tcp = TcpInterceptor(self.pump, self.policy, self.pool, self.stats, self.limits,
-                                  self.dns.tcp_protocol, nat_ip)
+                                  self.dns.tcp_protocol, nat_ip, self.counters)
         await self.tcp.start()
         self.update_intercepts()
         self.pump.start(self.handle_packet)

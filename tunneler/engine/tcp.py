@@ -29,12 +29,13 @@ from typing import cast
 from tunneler.client.bridge import reset
 from tunneler.dns.pool import VipPool
 from tunneler.engine.bridge import InterceptBridge
+from tunneler.engine.dialer import dial_flow
 from tunneler.engine.limits import Limits
 from tunneler.engine.policy import InterceptPolicy, Match
 from tunneler.engine.stats import Stats
 from tunneler.engine.tunreader import TunPump
-from tunneler.errors import TunnelerError
 from tunneler.nat import FlowState, OriginalDestination, TcpNat
+from tunneler.ops import stats as ops_stats
 from tunneler.packet.build import build_tcp_rst
 from tunneler.packet.parse import TCP_ACK, TCP_RST, TCP_SYN, DropReason, Parsed, parse
 
@@ -47,22 +48,25 @@ DnsProtocolFactory = Callable[[Callable[[], None]], asyncio.Protocol]
 
 
 class _Flow:
-    __slots__ = ("bridge", "key", "nat_port")
+    __slots__ = ("bridge", "key", "nat_port", "service")
 
     def __init__(self, key: OriginalDestination, nat_port: int,
-                 bridge: InterceptBridge | None) -> None:
+                 bridge: InterceptBridge | None, service: str = "") -> None:
         self.key = key
         self.nat_port = nat_port
         self.bridge = bridge  # None: DNS over TCP
+        self.service = service
 
 
 class _Pending:
-    __slots__ = ("bridge", "key", "syn", "task")
+    __slots__ = ("bridge", "key", "service", "syn", "task")
 
-    def __init__(self, key: OriginalDestination, syn: bytes) -> None:
+    def __init__(self, key: OriginalDestination, syn: bytes, service: str,
+                 counters: ops_stats.Stats) -> None:
         self.key = key
         self.syn = syn
-        self.bridge = InterceptBridge()
+        self.service = service
+        self.bridge = InterceptBridge(counters.meter(service), counters)
         self.task: asyncio.Task[None] | None = None
 
 
@@ -80,11 +84,13 @@ class TcpInterceptor:
     """SYN handling, overlay dials, the hairpin NAT and the local listener."""
 
     def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, stats: Stats,
-                 limits: Limits, dns_protocol: DnsProtocolFactory, nat_ip: IPv4Address) -> None:
+                 limits: Limits, dns_protocol: DnsProtocolFactory, nat_ip: IPv4Address,
+                 counters: ops_stats.Stats) -> None:
         self.pump = pump
         self.policy = policy
         self.pool = pool
         self.stats = stats
+        self.counters = counters  # per service, for the ops layer
         self.limits = limits
         self._dns_protocol = dns_protocol
         self._tun_ip = int(pool.tun_ip)
@@ -177,7 +183,7 @@ class TcpInterceptor:
             self.stats.count("tcp_refused_pending_cap")
             self._refuse(packet, parsed)
         else:
-            pending = _Pending(key, bytes(packet))
+            pending = _Pending(key, bytes(packet), match.target.service, self.counters)
             self._pending[key] = pending
             pending.task = asyncio.get_running_loop().create_task(self._dial(pending, match))
             self.stats.count("tcp_dials_started")
@@ -208,21 +214,15 @@ class TcpInterceptor:
 
     # -- dialing -------------------------------------------------------------------------------
     async def _dial(self, pending: _Pending, match: Match) -> None:
-        key = pending.key
-        target = match.target
         try:
-            await target.context.dial(
-                target.service, pending.bridge, timeout=target.connect_timeout,
-                app_data=match.app_data("tcp", key.src_ip, key.src_port, key.dst_ip,
-                                        key.dst_port))
-        except (TunnelerError, OSError, TimeoutError) as exc:  # refuses this flow only
-            self.stats.count("tcp_dials_failed")
-            self.stats.warn("engine.tcp_dial_failed", service=target.service, error=str(exc))
-            self._refuse_held(pending)
-            return
+            dialed = await dial_flow(match, pending.bridge, "tcp", pending.key, self.stats,
+                                     self.counters)
         finally:
-            self._pending.pop(key, None)
-        self._release(pending)
+            self._pending.pop(pending.key, None)
+        if dialed:
+            self._release(pending)
+        else:
+            self._refuse_held(pending)
 
     def _reparse(self, syn: bytes) -> tuple[bytearray, Parsed] | None:
         packet = bytearray(syn)
@@ -247,12 +247,13 @@ class TcpInterceptor:
         if nat_port is None:
             bridge.abort()
             return
-        flow = _Flow(pending.key, nat_port, bridge)
+        flow = _Flow(pending.key, nat_port, bridge, pending.service)
         self._by_key[pending.key] = self._by_port[nat_port] = flow
         vip = IPv4Address(pending.key.dst_ip)
         self.pool.acquire(vip, loop.time())
         bridge.on_lost(lambda: self._finish(flow))
         self.stats.count("tcp_flows_opened")
+        self.counters.flow_opened(pending.service)
 
     # -- accepted sockets ----------------------------------------------------------------------
     def accepted(self, transport: asyncio.Transport) -> None:
@@ -285,6 +286,7 @@ class TcpInterceptor:
         if flow.bridge is not None:
             self.pool.release(IPv4Address(flow.key.dst_ip), loop.time())
             self.stats.count("tcp_flows_closed")
+            self.counters.flow_closed(flow.service)
 
     def expire(self, now: float) -> None:
         """Drop NAT entries that timed out; give up flows whose socket never arrived."""

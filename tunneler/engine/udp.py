@@ -5,7 +5,8 @@ the intercept (none: ICMP port unreachable) and dials the service; datagrams tha
 the dial is pending are queued (at most ``Limits.max_udp_queued``, then dropped and counted).
 Each datagram from the service becomes one UDP packet ``VIP:vport -> app`` written into the
 TUN. A flow ends after ``udp_idle_timeout`` seconds without traffic either way, or when the
-overlay connection closes.
+overlay connection closes. Flows, payload bytes, dials and the pending queue's size are counted
+per service in the ops counters.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from ipaddress import IPv4Address
 
 from tunneler.client.conn import EdgeConnection
 from tunneler.dns.pool import VipPool
+from tunneler.engine.dialer import dial_flow
 from tunneler.engine.limits import Limits
 from tunneler.engine.policy import InterceptPolicy, Match
 from tunneler.engine.stats import Stats
 from tunneler.engine.tunreader import TunPump
-from tunneler.errors import TunnelerError
 from tunneler.nat import NatDrop, OriginalDestination, UdpFlowTable
+from tunneler.ops import stats as ops_stats
 from tunneler.packet.build import MAX_UDP_PAYLOAD, build_icmp_port_unreachable, build_udp4
 from tunneler.packet.parse import Parsed
 
@@ -28,21 +30,28 @@ from tunneler.packet.parse import Parsed
 class UdpFlow:
     """The edge sink of one UDP flow: replies become packets written into the TUN."""
 
-    def __init__(self, owner: UdpInterceptor, flow_id: int, key: OriginalDestination) -> None:
+    def __init__(self, owner: UdpInterceptor, flow_id: int, key: OriginalDestination,
+                 service: str) -> None:
         self.owner = owner
         self.flow_id = flow_id
         self.key = key
+        self.service = service
+        self.meter = owner.counters.meter(service)
         self.conn: EdgeConnection | None = None
         self.queue: list[bytes] = []
+        self.queued_bytes = 0
         self.task: asyncio.Task[None] | None = None
         self.closed = False
 
     def send(self, payload: bytes) -> None:
         """A datagram from the app."""
         if self.conn is not None:
+            self.meter.bytes_up += len(payload)
             self.conn.write(payload)
         elif len(self.queue) < self.owner.limits.max_udp_queued:
             self.queue.append(payload)
+            self.queued_bytes += len(payload)
+            self.owner.counters.buffer_level("udp_dial_queue", self.queued_bytes)
         else:
             self.owner.stats.count("udp_queue_dropped")
 
@@ -54,19 +63,23 @@ class UdpFlow:
         if self.conn is not None:
             self.conn.close()
         self.queue.clear()
+        self.queued_bytes = 0
 
     # -- EdgeSink ------------------------------------------------------------------------------
     def edge_connected(self, conn: EdgeConnection) -> None:
         self.conn = conn
+        self.meter.bytes_up += self.queued_bytes
         for payload in self.queue:
             conn.write(payload)
         self.queue.clear()
+        self.queued_bytes = 0
 
     def edge_data(self, data: bytes) -> None:
         if self.closed or len(data) > MAX_UDP_PAYLOAD:
             self.owner.stats.count("udp_reply_dropped")
             return
         key = self.key
+        self.meter.bytes_down += len(data)
         self.owner.reply(self.flow_id, build_udp4(key.dst_ip, key.dst_port, key.src_ip,
                                                   key.src_port, data))
 
@@ -84,11 +97,12 @@ class UdpInterceptor:
     """The UDP flows of intercepted services."""
 
     def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, stats: Stats,
-                 limits: Limits) -> None:
+                 limits: Limits, counters: ops_stats.Stats) -> None:
         self.pump = pump
         self.policy = policy
         self.pool = pool
         self.stats = stats
+        self.counters = counters  # per service, for the ops layer
         self.limits = limits
         self.table = UdpFlowTable(max_flows=limits.max_udp_flows,
                                   idle_timeout=limits.udp_idle_timeout)
@@ -121,23 +135,16 @@ class UdpInterceptor:
                 self.pump.write(unreachable)
             return
         key = OriginalDestination(parsed.src, parsed.src_port, parsed.dst, parsed.dst_port)
-        flow = UdpFlow(self, flow_id, key)
+        flow = UdpFlow(self, flow_id, key, match.target.service)
         self._flows[flow_id] = flow
         self.pool.acquire(IPv4Address(key.dst_ip), now)
         flow.send(payload)
         flow.task = asyncio.get_running_loop().create_task(self._dial(flow, match))
         self.stats.count("udp_flows_opened")
+        self.counters.flow_opened(flow.service)
 
     async def _dial(self, flow: UdpFlow, match: Match) -> None:
-        key, target = flow.key, match.target
-        try:
-            await target.context.dial(
-                target.service, flow, timeout=target.connect_timeout,
-                app_data=match.app_data("udp", key.src_ip, key.src_port, key.dst_ip,
-                                        key.dst_port))
-        except (TunnelerError, OSError, TimeoutError) as exc:  # this flow only
-            self.stats.count("udp_dials_failed")
-            self.stats.warn("engine.udp_dial_failed", service=target.service, error=str(exc))
+        if not await dial_flow(match, flow, "udp", flow.key, self.stats, self.counters):
             self.remove(flow.flow_id)
 
     def reply(self, flow_id: int, packet: bytes) -> None:
@@ -153,6 +160,7 @@ class UdpInterceptor:
             flow.close()
             self.pool.release(IPv4Address(flow.key.dst_ip), asyncio.get_running_loop().time())
             self.stats.count("udp_flows_closed")
+            self.counters.flow_closed(flow.service)
 
     def expire(self, now: float) -> None:
         """End flows idle for the timeout."""

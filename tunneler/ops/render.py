@@ -39,8 +39,8 @@ def _ms(value: float | None) -> str:
 
 def intercept_cells(row: InterceptRow, *, latency: bool = True) -> tuple[str, ...]:
     """The table cells of one row, untruncated (router latency only if `latency`)."""
-    vips = row.vips[0] + (f"+{len(row.vips) - 1}" if len(row.vips) > 1 else "") \
-        if row.vips else "-"
+    count = max(len(row.vips), row.vip_count)
+    vips = row.vips[0] + (f"+{count - 1}" if count > 1 else "") if row.vips else "-"
     ports = "/".join(row.protocols) + ":" + ",".join(row.ports) if row.ports else \
         "/".join(row.protocols) or "-"
     router = "-" if row.router is None else row.router.removeprefix("tls://")
@@ -140,7 +140,8 @@ def _state_lines(status: Status) -> list[str]:
     for ident in status.identities:
         state = "loaded" if ident.loaded else f"NOT LOADED ({ident.error or 'unknown'})"
         ctrl = "controller reachable" if ident.controller_reachable else \
-            "controller UNREACHABLE"
+            "controller UNREACHABLE" + (f" ({ident.error})" if ident.loaded and ident.error
+                                        else "")
         expiry = f", session until {ident.api_session_expires_at}" \
             if ident.api_session_expires_at else ""
         lines.append(f"  {ident.name}: {state}, {ctrl}, {ident.services} services{expiry}")

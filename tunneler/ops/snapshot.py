@@ -26,13 +26,15 @@ class InterceptRow:
     address: str                       # hostname, *.wildcard or CIDR as configured
     service: str
     identity: str
-    vips: tuple[str, ...] = ()         # virtual IPs handed out for it (empty for CIDRs)
+    vips: tuple[str, ...] = ()         # virtual IPs handed out for it (empty for CIDRs);
+                                       # for a wildcard the most recently used few
     protocols: tuple[str, ...] = ()    # "tcp", "udp"
     ports: tuple[str, ...] = ()        # "443" or "8000-8100"
     router: str | None = None          # name of the edge router new flows go through now
     router_latency_ms: float | None = None
     active_flows: int = 0
     last_error: str | None = None
+    vip_count: int = 0                 # all VIPs handed out for it (may exceed len(vips))
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,7 @@ class IdentityStatus:
     api_session_expires_at: str | None = None   # ISO 8601, UTC
     services: int = 0
     error: str | None = None
+    controller_checked_at: str | None = None    # ISO 8601, UTC: the last refresh's answer
 
 
 @dataclass(frozen=True)

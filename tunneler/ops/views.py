@@ -2,12 +2,16 @@
 
 They read the running objects on request and build `snapshot` values; nothing here changes
 the data path except `refresh()` (a service refresh now) and `set_log_level()`.
-Router links are read from `ZitiContext`'s link table, the one place that knows them.
+Router links and controller reachability come from `ZitiContext`'s read-only `links()` and
+`controller_contact`; per-service flows, bytes and dial latency from the `Stats` the daemon's
+data path counts into; DNS and drop counters from the engine's own flat counters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
@@ -15,7 +19,7 @@ from typing import TYPE_CHECKING
 from tunneler import __version__, log
 from tunneler.client.context import ZitiContext
 from tunneler.errors import ControllerError, DialError
-from tunneler.intercept import Intercept
+from tunneler.intercept import Intercept, InterceptAddress
 from tunneler.ops.snapshot import (
     Counters,
     DnsStatus,
@@ -23,7 +27,6 @@ from tunneler.ops.snapshot import (
     InterceptRow,
     PoolUsage,
     RouterStatus,
-    ServiceCounters,
     Status,
     TunStatus,
 )
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 logger = log.get_logger("ops")
 
 LINK_CHECK_INTERVAL = 2.0
+WILDCARD_VIPS_SHOWN = 8
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -44,12 +48,8 @@ def _ms(seconds: float | None) -> float | None:
 
 def router_statuses(ctx: ZitiContext) -> list[RouterStatus]:
     """Every router the controller listed for `ctx`, plus any other live link."""
-    links = ctx._links
-    names = {r.url: r.name for r in ctx._routers}
-    urls = list(names) + [u for u in links if u not in names]
-    return [RouterStatus(names.get(url) or url, ctx.name, url in links and not links[url].closed,
-                         _ms(links[url].latency) if url in links else None, url)
-            for url in urls]
+    return [RouterStatus(link.router, ctx.name, link.connected, _ms(link.latency), link.url)
+            for link in ctx.links()]
 
 
 def best_router(ctx: ZitiContext) -> RouterStatus | None:
@@ -66,17 +66,19 @@ class ContextsView:
         self.contexts = list(contexts)
         self.stats = stats or Stats()
         self.started = time.monotonic()
-        self._errors: dict[int, str] = {}
 
     def identities(self) -> tuple[IdentityStatus, ...]:
         result = []
-        for n, ctx in enumerate(self.contexts):
+        for ctx in self.contexts:
             session = ctx.ctrl.api_session
             expires = session.expires_at.isoformat() if session and session.expires_at else None
-            error = self._errors.get(n)
+            contact = ctx.controller_contact
+            error = None if contact.error is None else f"controller: {contact.error}"
+            checked = None if contact.at is None else datetime.datetime.fromtimestamp(
+                contact.at, datetime.UTC).isoformat()
             result.append(IdentityStatus(ctx.name, session is not None,
                                          session is not None and error is None, expires,
-                                         len(ctx.services), error))
+                                         len(ctx.services), error, checked))
         return tuple(result)
 
     def routers(self) -> tuple[RouterStatus, ...]:
@@ -86,18 +88,17 @@ class ContextsView:
         return round(time.monotonic() - self.started, 3)
 
     async def refresh(self) -> dict[str, int]:
-        """Ask every controller for its service list now (listeners see the changes)."""
+        """Ask every controller for its service list now (listeners see the changes; each
+        context records the outcome for `identities()`)."""
         totals = {"added": 0, "changed": 0, "removed": 0, "failed": 0}
         results = await asyncio.gather(*(ctx.refresh_services() for ctx in self.contexts),
                                        return_exceptions=True)
-        for n, result in enumerate(results):
+        for result in results:
             if isinstance(result, ControllerError | OSError | TimeoutError):
-                self._errors[n] = f"controller: {result}"
                 totals["failed"] += 1
             elif isinstance(result, BaseException):
                 raise result
             else:
-                self._errors.pop(n, None)
                 for key in ("added", "changed", "removed"):
                     totals[key] += len(getattr(result, key)) if result is not None else 0
         logger.info("ops.services_refreshed", **totals)
@@ -120,16 +121,10 @@ class ContextsView:
             await asyncio.sleep(interval)
 
 
-def _address_texts(intercept: Intercept) -> list[str]:
-    texts = []
-    for address in intercept.addresses:
-        if address.network is not None:
-            texts.append(str(address.network))
-        elif address.wildcard is not None:
-            texts.append(f"*.{address.wildcard}")
-        elif address.hostname is not None:
-            texts.append(address.hostname)
-    return texts
+def _address_text(address: InterceptAddress) -> str:
+    if address.network is not None:
+        return str(address.network)
+    return f"*.{address.wildcard}" if address.wildcard is not None else address.hostname or "-"
 
 
 def _ports(intercept: Intercept) -> tuple[str, ...]:
@@ -138,12 +133,11 @@ def _ports(intercept: Intercept) -> tuple[str, ...]:
 
 
 def engine_counters(raw: Mapping[str, int], dns: Mapping[str, int]) -> Counters:
-    """Map the engine's flat counters (`tcp_flows_opened`, `drop_<reason>`, ...) to `Counters`."""
+    """Map the engine's flat counters (`drop_<reason>`, `tcp_refused_<reason>`, DNS outcomes)
+    to `Counters` (flows, bytes and failed dials are counted per service in `Stats`)."""
     def total(*names: str) -> int:
         return sum(raw.get(n, 0) for n in names)
 
-    opened = total("tcp_flows_opened", "udp_flows_opened")
-    ended = total("tcp_flows_closed", "tcp_flows_expired", "udp_flows_closed")
     drops = {k.removeprefix("drop_"): v for k, v in raw.items() if k.startswith("drop_")}
     drops.update({k: v for k, v in raw.items() if k.endswith("_dropped")})
     failures: dict[str, int] = {}
@@ -151,10 +145,8 @@ def engine_counters(raw: Mapping[str, int], dns: Mapping[str, int]) -> Counters:
         if key.startswith(("tcp_refused_", "udp_refused_")):
             reason = key.split("_refused_", 1)[1]
             failures[reason] = failures.get(reason, 0) + value
-    failures["dial_failed"] = total("tcp_dials_failed", "udp_dials_failed")
     dns_dropped = sum(v for k, v in dns.items() if k not in ("reply", "forward"))
     return Counters(
-        flows=ServiceCounters(opened, max(0, opened - ended)),
         dns={"answered": dns.get("reply", 0), "forwarded": total("dns_forwarded"),
              "refused": total("dns_refused_in_flight_cap", "dns_upstream_failed"),
              "dropped": dns_dropped},
@@ -177,27 +169,36 @@ class InterceptView(ContextsView):
             target = engine.policy.targets.get(intercept.service)
             ctx = target.context if target is not None else None
             router = best_router(ctx) if isinstance(ctx, ZitiContext) else None
-            for address in _address_texts(intercept):
-                vip = self.daemon.pool.lookup(address)
+            for address in intercept.addresses:
+                vips = self._vips(address)
                 rows.append(InterceptRow(
-                    address, intercept.service, ctx.name if ctx is not None else "-",
-                    (str(vip),) if vip is not None else (), tuple(sorted(intercept.protocols)),
-                    _ports(intercept), router.name if router else None,
-                    router.latency_ms if router else None,
+                    _address_text(address), intercept.service,
+                    ctx.name if ctx is not None else "-", vips[:WILDCARD_VIPS_SHOWN],
+                    tuple(sorted(intercept.protocols)), _ports(intercept),
+                    router.name if router else None, router.latency_ms if router else None,
                     self.stats.active_flows(intercept.service),
-                    self.stats.last_error(intercept.service)))
+                    self.stats.last_error(intercept.service), len(vips)))
         return rows
+
+    def _vips(self, address: InterceptAddress) -> tuple[str, ...]:
+        """The VIPs handed out for `address` (a wildcard's most recently used first)."""
+        pool = self.daemon.pool
+        if address.wildcard is not None:
+            return tuple(str(vip) for _, vip in pool.wildcard_names(address.wildcard))
+        vip = pool.lookup(address.hostname) if address.hostname is not None else None
+        return (str(vip),) if vip is not None else ()
 
     def status(self) -> Status:
         daemon, engine = self.daemon, self.daemon.engine
         pool = PoolUsage(daemon.pool.capacity, daemon.pool.in_use)
         counters = self.stats.snapshot(pool)
-        if engine is not None and not counters.services:
+        if engine is not None:
             base = engine_counters(engine.stats.snapshot(), engine.responder.counters)
-            counters = Counters(flows=base.flows, dns=base.dns, dial_failures=base.dial_failures,
-                                packets_dropped=base.packets_dropped,
-                                dial_latency=counters.dial_latency, vip_pool=pool,
-                                buffer_high_water=counters.buffer_high_water)
+            failures = dict(base.dial_failures)
+            for reason, count in counters.dial_failures.items():
+                failures[reason] = failures.get(reason, 0) + count
+            counters = dataclasses.replace(counters, dns=base.dns, dial_failures=failures,
+                                           packets_dropped=base.packets_dropped)
         tun = TunStatus(daemon.config.tun_name, daemon.tun is not None,
                         daemon.tun is not None and engine is not None,
                         len(daemon._intercept_networks()) + 1 if engine is not None else 0)

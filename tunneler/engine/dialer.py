@@ -1,0 +1,36 @@
+"""One flow's dial of its intercepted service, timed and counted (TCP and UDP share it).
+
+``dial_flow`` dials ``match.target`` with the flow's app data and reports the outcome twice:
+to the engine's flat counters (``<proto>_dials_failed``, a rate-limited warning) and to the
+ops counters per service (``dial_succeeded`` with the latency measured by ``perf_counter``,
+whose resolution is finer than an event loop clock's, or ``dial_failed`` with the reason).
+"""
+
+from __future__ import annotations
+
+import time
+
+from tunneler.client.conn import EdgeSink
+from tunneler.engine.policy import Match
+from tunneler.engine.stats import Stats
+from tunneler.errors import TunnelerError
+from tunneler.nat import OriginalDestination
+from tunneler.ops import stats as ops_stats
+
+
+async def dial_flow(match: Match, sink: EdgeSink, proto: str, key: OriginalDestination,
+                    stats: Stats, counters: ops_stats.Stats) -> bool:
+    """Dial the service of ``match`` for flow ``key``; False (counted, logged) if it failed."""
+    target = match.target
+    app_data = match.app_data(proto, key.src_ip, key.src_port, key.dst_ip, key.dst_port)
+    started = time.perf_counter()
+    try:
+        await target.context.dial(target.service, sink, timeout=target.connect_timeout,
+                                  app_data=app_data)
+    except (TunnelerError, OSError, TimeoutError) as exc:  # refuses this flow only
+        stats.count(f"{proto}_dials_failed")
+        stats.warn(f"engine.{proto}_dial_failed", service=target.service, error=str(exc))
+        counters.dial_failed(target.service, ops_stats.failure_reason(exc), str(exc))
+        return False
+    counters.dial_succeeded(target.service, time.perf_counter() - started)
+    return True

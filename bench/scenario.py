@@ -91,6 +91,9 @@ def measure(size: int, seconds: float) -> dict[str, Any]:
                                                      str(BULK_PORT)])
             scenario.wait_log("netload", "ready")
             baselines(scenario)
+            cipher = [line.split("Data Channel:", 1)[1].strip()
+                      for line in scenario.log("openvpn-client").splitlines()
+                      if "Data Channel:" in line]
             direct_url = f"http://{DIRECT_LLM}:{LLM_PORT}/v1"
             llm = {"tunnel": llm_figures(scenario, LLM_URL, seconds),
                    "direct": llm_figures(scenario, direct_url, seconds)}
@@ -100,7 +103,7 @@ def measure(size: int, seconds: float) -> dict[str, Any]:
         finally:
             scenario.close()
     return {
-        "llm": llm, "bulk": bulk, "openvpn": version,
+        "llm": llm, "bulk": bulk, "openvpn": version, "openvpn_data_channel": cipher,
         "openvpn_dco_module_loaded": Path("/sys/module/ovpn_dco_v2").exists(),
         "ratio_llm_tunnel_to_direct": ratios(llm["tunnel"], llm["direct"]),
         "ratio_bulk_tunnel_to_openvpn": ratios(bulk["tunnel"], bulk["openvpn"]),

@@ -101,7 +101,7 @@ def test_hello_carries_token_and_latency_is_measured(tmp_path: Path) -> None:
                 if link.latency is not None:
                     break
                 await asyncio.sleep(0.01)
-            assert link.latency is not None and link.latency < 1.0
+            assert link.latency is not None and 0 < link.latency < 1.0  # not 0 on loopback
         finally:
             link.close()
 

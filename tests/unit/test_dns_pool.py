@@ -131,3 +131,17 @@ def test_cursor_wraps_and_skips_quarantine() -> None:
     pool.retain(lambda name: name in {"n1.test", "n2.test", "n3.test"}, 0.0)
     assert pool.in_use == 4
     assert pool.assign("late.test", 6.0) == first[0]
+
+
+def test_wildcard_names_lists_active_members_most_recent_first() -> None:
+    pool = VipPool("10.0.0.1/24", wildcard_quota=3)
+    a, b, c = (pool.assign(f"{n}.wild.test", 0.0, wildcard="wild.test") for n in "abc")
+    pool.assign("exact.wild.test", 0.0)                 # an exact name is no member
+    pool.touch(a, 1.0)
+    assert pool.wildcard_names("wild.test") == [
+        ("a.wild.test", a), ("c.wild.test", c), ("b.wild.test", b)]
+    pool.acquire(b, 2.0)
+    pool.retain(lambda name: name != "b.wild.test", 3.0)  # retired, kept by its flow
+    assert [name for name, _ in pool.wildcard_names("wild.test")] == ["a.wild.test",
+                                                                      "c.wild.test"]
+    assert pool.wildcard_names("other.test") == []

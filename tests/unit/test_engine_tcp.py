@@ -74,6 +74,10 @@ def test_failed_dial_gets_rst_and_retransmitted_syns_are_held_once() -> None:
                                 "dst_hostname": "llm.private.test"}
             assert engine.stats.counters["tcp_dials_failed"] == 1
             assert engine.tcp is not None and engine.tcp.pending == 0
+            counters = engine.counters.snapshot()     # per service, for the ops layer
+            assert counters.dial_failures == {"refused": 1}
+            assert engine.counters.last_error("llm") == "service 'llm' has no terminators"
+            assert counters.dial_latency.count == 0 and counters.flows.flows_opened == 0
 
     asyncio.run(main())
 
@@ -184,6 +188,9 @@ def test_udp_without_intercept_gets_port_unreachable_and_failed_dial_ends_the_fl
             await kernel.nothing(0.1)
             assert [d[0] for d in ctx.dials] == ["net"]
             assert engine.stats.counters["udp_dials_failed"] == 1 and len(engine.udp) == 0
+            net = engine.counters.snapshot().services["net"]
+            assert (net.flows_opened, net.flows_active) == (1, 0)
+            assert engine.counters.last_error("net") == "service 'net' has no terminators"
             assert IPv4Address("198.51.100.9") not in engine.pool.network
 
     asyncio.run(main())

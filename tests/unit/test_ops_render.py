@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,13 +12,14 @@ from tunneler.ops.render import (
     fit_widths,
     human_bytes,
     human_duration,
+    intercept_cells,
     render_intercepts,
     render_json,
     render_status,
     status_json,
     truncate,
 )
-from tunneler.ops.snapshot import InterceptRow, Status, from_json, problems, to_json
+from tunneler.ops.snapshot import IdentityStatus, InterceptRow, Status, from_json, problems, to_json
 from tunneler.ops.stats import MAX_LABELS, OTHER, Stats
 from tunneler.ops.views import engine_counters
 
@@ -178,3 +180,18 @@ def test_engine_counters_mapping() -> None:
     assert counters.packets_dropped == {"bad_checksum": 4, "tun_write_dropped": 1}
     assert counters.dial_failures == {"flow_cap": 3, "no_intercept": 6}
     assert counters.dns == {"answered": 10, "forwarded": 7, "refused": 1, "dropped": 2}
+
+
+def test_wildcard_row_shows_first_vip_and_the_total_count() -> None:
+    row = InterceptRow("*.models.test", "models", "laptop", ("100.64.0.9", "100.64.0.8"),
+                       ("tcp",), ("443",), vip_count=12)
+    assert intercept_cells(row)[1] == "100.64.0.9+11"
+    assert intercept_cells(InterceptRow("*.none.test", "x", "laptop"))[1] == "-"
+
+
+def test_unreachable_controller_shows_its_error() -> None:
+    status = busy_view().status()
+    ident = IdentityStatus("laptop", True, False, None, 2, "controller: CONTROLLER_UNAVAILABLE",
+                           "2030-01-01T00:00:00+00:00")
+    text = render_status(dataclasses.replace(status, identities=(ident,)))
+    assert "laptop: loaded, controller UNREACHABLE (controller: CONTROLLER_UNAVAILABLE)" in text

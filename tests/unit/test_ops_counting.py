@@ -90,8 +90,13 @@ def test_host_dial_handler_counts_a_refused_target() -> None:
     server.close()                                     # nothing listens there now
     config = parse_host({"protocol": "tcp", "address": "127.0.0.1", "port": port}, "gone")
     stats = Stats()
+    on_dial = dial_handler("gone", config, stats)
+
+    async def scenario() -> None:
+        await on_dial(IncomingDial("client1", {}))
+
     with pytest.raises(DialError):
-        asyncio.run(dial_handler("gone", config, stats)(IncomingDial("client1", {})))
+        asyncio.run(scenario())
     assert stats.snapshot().dial_failures == {"refused": 1}
     assert "failed" in (stats.last_error("gone") or "")
     assert stats.active_flows("gone") == 0

@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 
 deps: $(STAMP)
 
-demo: deps
+# demo.sh installs the system packages first (python3-venv among them), then runs `make deps`.
+demo:
 	bash scripts/demo.sh
 
 lint: deps

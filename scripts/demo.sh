@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The private-LLM demo (`make demo`): as root, installs the system tools it needs if missing,
-# then runs `python -m tunneler.demo` with the project's venv (created by `make deps`).
+# The private-LLM demo (`make demo`): as root, installs the system packages it needs if missing
+# (iproute2, nftables, dnsutils, curl, python3-venv), creates the project's venv (`make deps`),
+# then runs `python -m tunneler.demo` with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)
 command -v dig >/dev/null || missing+=(dnsutils)
 command -v curl >/dev/null || missing+=(curl)
+python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "demo: installing ${missing[*]}"
     apt-get update -qq
@@ -21,8 +23,5 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 [ -e /dev/net/tun ] || modprobe tun 2>/dev/null || true
 
-if [ ! -x .venv/bin/python ]; then
-    echo "demo: no .venv here: run \`make demo\` (it creates the venv first)" >&2
-    exit 1
-fi
+make --no-print-directory deps
 exec .venv/bin/python -m tunneler.demo "$@"

@@ -44,7 +44,8 @@ class DemoFailed(RuntimeError):
 
 
 def step(number: int, title: str) -> None:
-    print(f"\n\033[1m== {number}. {title}\033[0m", flush=True)
+    bold, plain = ("\033[1m", "\033[0m") if sys.stdout.isatty() else ("", "")
+    print(f"\n{bold}== {number}. {title}{plain}", flush=True)
 
 
 def show(text: str, indent: str = "    ") -> None:
@@ -105,6 +106,7 @@ def run_steps(scenario: Scenario) -> None:
 
     step(2, "The embedded network in edge, and the policy applied")
     policy = scenario.start_network()
+    print("    policy.yaml (applied with `tunneler network apply`):")
     show(policy, indent="      ")
 
     step(3, "The private LLM endpoint in llm (tunneler llm-stub)")

@@ -144,7 +144,7 @@ def _run_in(ns: Any, *args: str, timeout: float = 300) -> Any:
 
 def _deploy(tmp: Path, pool: Any) -> tuple[Any, Any, Any, Any]:
     from tests.privileged.run_support import DNS_STUB, Deployment, service, tcp_intercept
-    from tests.support.netns import veth
+    from tunneler.demo.netns import veth
 
     deploy = Deployment(tmp)
     client = pool.new(hosts="127.0.0.1 localhost\n198.18.0.2 edge.test\n",

@@ -68,7 +68,7 @@ def bulk_figures(scenario: Scenario, host: str, size: int, seconds: float) -> di
 def baselines(scenario: Scenario) -> None:
     """The direct veth pair (let through llm's filter) and OpenVPN over it."""
     _app_end, llm_end = netns.veth(scenario.app, scenario.llm, f"{DIRECT_APP}/24",
-                                   f"{DIRECT_LLM}/24", "d")
+                                   f"{DIRECT_LLM}/24")
     scenario.llm.allow_inbound(llm_end)
     openvpn.start(scenario, scenario.llm, scenario.app, VPN)
     scenario.llm.allow_inbound(VPN.device)

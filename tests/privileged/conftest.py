@@ -22,8 +22,8 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from tests.support import netns  # noqa: E402
 from tests.support.netns import netns_pool  # noqa: E402, F401  (fixture)
+from tunneler.demo import netns  # noqa: E402
 
 _HERE = Path(__file__).resolve().parent
 
@@ -58,5 +58,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session", autouse=True)
 def _remove_stale_namespaces() -> Iterator[None]:
     if skip_reason() is None:
-        netns.cleanup_stale()
+        netns.remove_stale()
     yield

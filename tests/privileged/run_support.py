@@ -9,7 +9,6 @@ Helper servers (UDP echo, a tiny DNS stub) are small Python programs started the
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from tests.support.netns import Namespace
+from tunneler.demo.netns import Netns
+from tunneler.demo.processes import Processes
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -80,15 +80,14 @@ def policy(services: Sequence[dict[str, Any]]) -> str:
     })
 
 
-class Deployment:
+class Deployment(Processes):
     """Processes started in namespaces for one test; all stopped by `close()`."""
 
     def __init__(self, directory: Path) -> None:
-        self.dir = directory
+        super().__init__(directory)
         self.net = directory / "net"
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def tunneler(self, ns: Namespace, *args: str, check: bool = True,
+    def tunneler(self, ns: Netns, *args: str, check: bool = True,
                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run one short tunneler command in `ns`."""
         result = ns.run([*TUNNELER, *args], check=False, timeout=timeout)
@@ -96,43 +95,13 @@ class Deployment:
             raise AssertionError(f"tunneler {' '.join(args)} failed:\n{result.stderr[-3000:]}")
         return result
 
-    def start(self, ns: Namespace, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        """Start a long-running program in `ns`, logging to DIR/<name>.log."""
-        with (self.dir / f"{name}.log").open("wb") as log:
-            proc = ns.popen(list(argv), stdout=log, stderr=subprocess.STDOUT, cwd=self.dir)
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str) -> str:
-        return (self.dir / f"{name}.log").read_text(errors="replace")
-
-    def wait_log(self, name: str, text: str, timeout: float = 30, count: int = 1) -> None:
-        """Until `name` logged `text` `count` times (fails early if it exited)."""
-        deadline = time.monotonic() + timeout
-        while self.log(name).count(text) < count:
-            if self.procs[name].poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{name} did not log {text!r}:\n{self.log(name)[-4000:]}")
-            time.sleep(0.05)
-
-    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        """Signal one process and wait for its exit code (SIGKILL after `timeout`)."""
-        proc = self.procs.pop(name)
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
-
     def close(self) -> None:
         for name in [n for n in self.procs if n != "network"] + ["network"]:
             if name in self.procs:
                 self.stop(name, timeout=10)
 
     # -- the overlay ----------------------------------------------------------------------------
-    def network(self, ns: Namespace, hostname: str, listen: str,
+    def network(self, ns: Netns, hostname: str, listen: str,
                 services: Sequence[dict[str, Any]]) -> None:
         """`network init/apply/serve` in `ns`, tokens for client1 and host1."""
         self.tunneler(ns, "network", "init", str(self.net), "--hostname", hostname,
@@ -145,12 +114,12 @@ class Deployment:
                           "-o", str(self.dir / f"{identity}.jwt"))
         self.wait_log("network", "network.serving", timeout=30)
 
-    def apply(self, ns: Namespace, services: Sequence[dict[str, Any]]) -> None:
+    def apply(self, ns: Netns, services: Sequence[dict[str, Any]]) -> None:
         path = self.dir / "policy.yaml"
         path.write_text(policy(services))
         self.tunneler(ns, "network", "apply", str(self.net), str(path))
 
-    def enroll(self, ns: Namespace, identity: str) -> Path:
+    def enroll(self, ns: Netns, identity: str) -> Path:
         """Enroll `identity` from inside `ns` (retrying while the controller starts)."""
         target = self.dir / f"{identity}.json"
         deadline = time.monotonic() + 30
@@ -163,21 +132,21 @@ class Deployment:
                 raise AssertionError(f"enroll {identity} failed:\n{result.stderr[-3000:]}")
             time.sleep(0.3)
 
-    def run_host(self, ns: Namespace, identity: Path, bound: int) -> None:
+    def run_host(self, ns: Netns, identity: Path, bound: int) -> None:
         self.start(ns, "host", [*TUNNELER, "run-host", "--identity", str(identity),
                                "--refresh-interval", "1"])
         self.wait_log("host", "host.service_bound", count=bound)
 
-    def run_client(self, ns: Namespace, identity: Path, *extra: str) -> None:
+    def run_client(self, ns: Netns, identity: Path, *extra: str) -> None:
         """`tunneler run` in `ns` with its journal under DIR/run; waits for daemon.ready."""
         self.start(ns, "client", [*TUNNELER, "run", "--identity", str(identity),
                                   "--runtime-dir", str(self.dir / "run"), *extra])
         self.wait_log("client", "daemon.ready", timeout=40)
 
 
-def links(ns: Namespace) -> list[str]:
+def links(ns: Netns) -> list[str]:
     return [link["ifname"] for link in ns.ip_json("link", "show")]
 
 
-def routes(ns: Namespace) -> list[str]:
+def routes(ns: Netns) -> list[str]:
     return [json.dumps(route, sort_keys=True) for route in ns.ip_json("route", "show")]

@@ -58,7 +58,7 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
 
 
 def curl(ns: netns.Netns, url: str) -> subprocess.CompletedProcess[str]:
-    return ns.run(["curl", "-sS", "--max-time", "2", url], check_rc=False)
+    return ns.run(["curl", "-sS", "--max-time", "2", url], check=False)
 
 
 def test_llm_namespace_refuses_direct_connections(scenario: Scenario) -> None:

@@ -6,7 +6,8 @@ import socket
 import subprocess
 import sys
 
-from tests.support.netns import NETNS_ETC, NETNS_RUN, Namespace, NetnsPool, drop_inbound, veth
+from tests.support.netns import NetnsPool
+from tunneler.demo.netns import NETNS_ETC, NETNS_RUN, Netns, veth
 
 CONNECT = """
 import socket, sys
@@ -18,11 +19,11 @@ except OSError as exc:
 """
 
 
-def connect_from(ns: Namespace, host: str, port: int) -> str:
+def connect_from(ns: Netns, host: str, port: int) -> str:
     return ns.run([sys.executable, "-c", CONNECT, host, str(port)]).stdout.strip()
 
 
-def listen(ns: Namespace, port: int) -> subprocess.Popen[str]:
+def listen(ns: Netns, port: int) -> subprocess.Popen[str]:
     code = ("import socket, sys\ns = socket.create_server(('0.0.0.0', int(sys.argv[1])))\n"
             "print('ready', flush=True)\nwhile True:\n    s.accept()[0].close()\n")
     proc: subprocess.Popen[str] = ns.popen([sys.executable, "-c", code, str(port)],
@@ -38,7 +39,7 @@ def test_veth_and_inbound_drop(netns_pool: NetnsPool) -> None:
     listen(private, 8000)
     listen(client, 9000)
     assert connect_from(client, "198.18.0.2", 8000) == "connected"
-    drop_inbound(private)
+    private.drop_inbound()
     assert connect_from(client, "198.18.0.2", 8000).startswith("failed")
     assert connect_from(private, "127.0.0.1", 8000) == "connected"  # loopback stays open
     assert connect_from(private, "198.18.0.1", 9000) == "connected"  # outbound + replies

@@ -20,7 +20,8 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.privileged.run_support import TUNNELER, Deployment, service, tcp_intercept
-from tests.support.netns import Namespace, NetnsPool
+from tests.support.netns import NetnsPool
+from tunneler.demo.netns import Netns
 
 METRICS = "127.0.0.1:9100"
 FLOWS = 4
@@ -34,7 +35,7 @@ def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
         time.sleep(0.25)
 
 
-def http(ns: Namespace, path: str) -> tuple[int, str]:
+def http(ns: Netns, path: str) -> tuple[int, str]:
     """(HTTP status, body) of GET http://METRICS/path from inside `ns`."""
     result = ns.run(["curl", "-sS", "--max-time", "5", "-w", "\n%{http_code}",
                      f"http://{METRICS}{path}"], check=False)
@@ -42,7 +43,7 @@ def http(ns: Namespace, path: str) -> tuple[int, str]:
     return int(code or 0), body
 
 
-def cli(deploy: Deployment, ns: Namespace, sock: Path, *args: str) -> tuple[int, str]:
+def cli(deploy: Deployment, ns: Netns, sock: Path, *args: str) -> tuple[int, str]:
     result = deploy.tunneler(ns, *args, "--control-socket", str(sock), check=False)
     return result.returncode, result.stdout + result.stderr
 
@@ -55,7 +56,7 @@ def metric(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"{name}{labels} not in /metrics")
 
 
-def intercept_entry(deploy: Deployment, ns: Namespace, sock: Path) -> dict[str, object]:
+def intercept_entry(deploy: Deployment, ns: Netns, sock: Path) -> dict[str, object]:
     code, text = cli(deploy, ns, sock, "intercepts", "--json")
     assert code == 0, text
     (entry,) = json.loads(text)["intercepts"]
@@ -63,7 +64,7 @@ def intercept_entry(deploy: Deployment, ns: Namespace, sock: Path) -> dict[str, 
     return entry
 
 
-def check_service_counters(deploy: Deployment, ns: Namespace, sock: Path) -> None:
+def check_service_counters(deploy: Deployment, ns: Netns, sock: Path) -> None:
     """After FLOWS curls: per-service flows, bytes both ways and FLOWS timed dials; a held
     connection is one active flow in `intercepts` (JSON and table) until it closes."""
     text = http(ns, "/metrics")[1]
@@ -87,7 +88,7 @@ def check_service_counters(deploy: Deployment, ns: Namespace, sock: Path) -> Non
     eventually(lambda: intercept_entry(deploy, ns, sock)["active_flows"] == 0)
 
 
-def check_intercepts(deploy: Deployment, ns: Namespace, sock: Path) -> None:
+def check_intercepts(deploy: Deployment, ns: Netns, sock: Path) -> None:
     code, table = cli(deploy, ns, sock, "intercepts")
     assert code == 0, table
     header, row = table.splitlines()
@@ -105,7 +106,7 @@ def check_intercepts(deploy: Deployment, ns: Namespace, sock: Path) -> None:
     assert entry["router_latency_ms"] is not None and entry["last_error"] is None
 
 
-def check_runtime_changes(deploy: Deployment, ns: Namespace, sock: Path) -> None:
+def check_runtime_changes(deploy: Deployment, ns: Netns, sock: Path) -> None:
     code, out = cli(deploy, ns, sock, "log-level", "debug")
     assert (code, out.strip()) == (0, "log level: debug")
     deploy.wait_log("client", "control.log_level_changed")
@@ -116,7 +117,7 @@ def check_runtime_changes(deploy: Deployment, ns: Namespace, sock: Path) -> None
     assert code == 0, out
 
 
-def check_router_loss_and_return(deploy: Deployment, ns: Namespace, sock: Path) -> None:
+def check_router_loss_and_return(deploy: Deployment, ns: Netns, sock: Path) -> None:
     net = deploy.net
     assert deploy.stop("network") == 0
     eventually(lambda: http(ns, "/ready")[0] == 503)

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from tests.privileged.run_support import Deployment, service, tcp_intercept
-from tests.support.netns import NetnsPool, veth
+from tests.support.netns import NetnsPool
+from tunneler.demo.netns import veth
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from tests.support.netns import Namespace, NetnsPool
+from tests.support.netns import NetnsPool
+from tunneler.demo.netns import Netns
 from tunneler.dns.system import install_resolv_conf
 from tunneler.tun import routes
 from tunneler.tun.device import LinuxTun, TunError
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ORIGINAL_RESOLV = b"# test namespace\nnameserver 198.18.0.53\noptions edns0\n"
 
 
-def static_routes(ns: Namespace, dev: str) -> set[str]:
+def static_routes(ns: Netns, dev: str) -> set[str]:
     found = ns.ip_json("route", "show", "dev", dev, "proto", "static")
     found += ns.ip_json("-6", "route", "show", "dev", dev, "proto", "static")
     return {route["dst"] for route in found}
@@ -74,7 +75,7 @@ def test_configure_without_the_link_is_a_clear_error(netns_pool: NetnsPool) -> N
         routes.configure(desired_config(tun_name="ttun0"))
 
 
-def cleanup_cli(ns: Namespace, runtime: Path, resolv: Path) -> subprocess.CompletedProcess[str]:
+def cleanup_cli(ns: Netns, runtime: Path, resolv: Path) -> subprocess.CompletedProcess[str]:
     return ns.run([sys.executable, "-m", "tunneler", "cleanup", "--tun-name", "ttun0",
                    "--runtime-dir", str(runtime), "--resolv-conf", str(resolv)])
 

@@ -24,7 +24,8 @@ from tests.privileged.run_support import (
     service,
     tcp_intercept,
 )
-from tests.support.netns import Namespace, NetnsPool, drop_inbound, veth
+from tests.support.netns import NetnsPool
+from tunneler.demo.netns import Netns, veth
 
 CLIENT_RESOLV = b"# the user's resolver\nnameserver 198.18.0.2\n"
 UPSTREAM_ANSWER = "192.0.2.77"
@@ -73,24 +74,24 @@ def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
         time.sleep(0.25)
 
 
-def curl(ns: Namespace, url: str) -> tuple[int, str]:
+def curl(ns: Netns, url: str) -> tuple[int, str]:
     result = ns.run(["curl", "-sS", "--max-time", "5", url], check=False)
     return result.returncode, result.stdout + result.stderr
 
 
-def resolves(ns: Namespace, name: str) -> str | None:
+def resolves(ns: Netns, name: str) -> str | None:
     result = ns.run(["getent", "ahostsv4", name], check=False)
     return result.stdout.split()[0] if result.returncode == 0 and result.stdout else None
 
 
-def topology(pool: NetnsPool, deploy: Deployment) -> tuple[Namespace, Namespace, Namespace]:
+def topology(pool: NetnsPool, deploy: Deployment) -> tuple[Netns, Netns, Netns]:
     client = pool.new(resolv_conf=CLIENT_RESOLV.decode(),
                       hosts="127.0.0.1 localhost\n198.18.0.2 edge.test\n")
     edge = pool.new(hosts="127.0.0.1 localhost\n198.18.0.2 edge.test\n")
     private = pool.new(hosts="127.0.0.1 localhost\n198.18.1.1 edge.test\n")
     veth(client, edge, "198.18.0.1/24", "198.18.0.2/24")
     veth(edge, private, "198.18.1.1/24", "198.18.1.2/24")
-    drop_inbound(private)
+    private.drop_inbound()
     deploy.start(edge, "dns", [PYTHON, "-c", DNS_STUB, "198.18.0.2", UPSTREAM_ANSWER])
     deploy.network(edge, "edge.test", "0.0.0.0", SERVICES)
     deploy.start(private, "llm", [PYTHON, "-m", "tunneler", "llm-stub", "--listen", "127.0.0.1",
@@ -100,7 +101,7 @@ def topology(pool: NetnsPool, deploy: Deployment) -> tuple[Namespace, Namespace,
     return client, edge, private
 
 
-def check_services(client: Namespace) -> None:
+def check_services(client: Netns) -> None:
     code, out = curl(client, "http://llm.private.test:8000/v1/models")
     assert code == 0 and "tunneler-demo" in out, out
     vip = resolves(client, "llm.private.test")
@@ -124,7 +125,7 @@ def check_services(client: Namespace) -> None:
     assert code != 0  # no direct path from the client to the private network
 
 
-def check_live_policy(deploy: Deployment, edge: Namespace, client: Namespace) -> None:
+def check_live_policy(deploy: Deployment, edge: Netns, client: Netns) -> None:
     assert resolves(client, "extra.private.test") == UPSTREAM_ANSWER  # not ours yet
     deploy.apply(edge, [*SERVICES, EXTRA])
     eventually(lambda: curl(client, "http://extra.private.test:8000/v1/models")[0] == 0)
@@ -135,7 +136,7 @@ def check_live_policy(deploy: Deployment, edge: Namespace, client: Namespace) ->
     assert code == 0, out  # unrelated services keep working
 
 
-def assert_nothing_left(client: Namespace) -> None:
+def assert_nothing_left(client: Netns) -> None:
     assert "tunneler0" not in links(client)
     assert not [r for r in client.ip_json("route", "show") if r.get("dev") == "tunneler0"]
     assert client.etc_file("resolv.conf").read_bytes() == CLIENT_RESOLV

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from tests.support.netns import Namespace, NetnsPool
+from tests.support.netns import NetnsPool
+from tunneler.demo.netns import Netns
 from tunneler.packet.build import build_udp4
 from tunneler.packet.parse import PROTO_UDP, Parsed, parse
 from tunneler.tun import routes
@@ -29,7 +30,7 @@ TUN_IP = int(ipaddress.IPv4Address("100.64.0.1"))
 VIP = "100.64.0.9"
 
 
-def link_names(ns: Namespace) -> set[str]:
+def link_names(ns: Netns) -> set[str]:
     return {link["ifname"] for link in ns.ip_json("link", "show")}
 
 

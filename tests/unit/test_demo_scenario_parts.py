@@ -46,8 +46,11 @@ def test_remove_stale_only_touches_runs_whose_process_is_gone(tmp_path: Path) ->
     assert alive.exists() and unrelated.exists()
 
 
-def test_run_names_carry_the_pid() -> None:
-    assert netns.run_name("app", 1234) == "tnl-1234-app"
+def test_run_names_carry_the_pid_and_never_repeat() -> None:
+    first, second = netns.run_name("app", 1234), netns.run_name("app", 1234)
+    assert first.startswith("tnl-1234-") and first.endswith("-app")
+    assert first != second
+    assert first.split("-")[1] == "1234"  # what remove_stale reads
 
 
 @pytest.fixture

@@ -58,7 +58,7 @@ def shown_run(ns: netns.Netns, cmd: list[str], *, expect_ok: bool = True,
               shown: str | None = None) -> str:
     """Run `cmd` in `ns`, print the command and its output; DemoFailed on a wrong outcome."""
     print(f"    [{ns.role}] $ {shown or ' '.join(cmd)}")
-    result = ns.run(cmd, check_rc=False, timeout=30)
+    result = ns.run(cmd, check=False, timeout=30)
     show(result.stdout + result.stderr, indent="      ")
     if (result.returncode == 0) != expect_ok:
         raise DemoFailed(f"{' '.join(cmd)} exited {result.returncode} in {ns.role}")
@@ -74,7 +74,7 @@ def stream_curl(scenario: Scenario) -> None:
     print(f"    [app] $ curl -sSN {LLM_URL}/chat/completions -H 'Content-Type: application/json'"
           f" -d '{body}'")
     start = time.monotonic()
-    proc = scenario.app.popen(cmd, stdout=subprocess.PIPE)
+    proc = scenario.app.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
     tokens = []
     for raw in proc.stdout:

@@ -1,19 +1,29 @@
-"""Network namespaces for the demo scenario: create, run inside, filter, and remove every trace.
+"""Throwaway network namespaces for the demo, the privileged tests and the benchmarks.
 
-A `Netns` is ``ip netns add NAME`` plus ``/etc/netns/NAME/{resolv.conf,hosts}`` (which
-``ip netns exec`` bind-mounts over /etc, so programs inside resolve names the way the scenario
-says). Names are ``tnl-<pid>-<role>``: several runs (the demo, tests, a benchmark) never collide,
-and `remove_stale` deletes what a killed run left (its pid is gone). Nothing uses a shell.
+A `Netns` is ``ip netns add NAME`` with loopback up and its own
+``/etc/netns/NAME/{resolv.conf,hosts}`` (which ``ip netns exec`` bind-mounts over /etc, so
+programs inside resolve names the way the caller says). It runs argv lists inside
+(``run``/``popen`` through ``ip netns exec``, ``ip``/``ip_json`` through ``ip -n``), moves the
+calling thread in with ``entered()`` (a TUN opened or a socket created there belongs to it),
+filters inbound connections with nftables, and ``delete()`` kills every process inside and
+removes the namespace and its /etc/netns directory. ``veth`` joins two namespaces.
+
+Names are ``tnl-<pid>-<n>-<role>`` and links ``tnl<pid>x<n>a|b``: several runs (the demo, test
+processes, a benchmark) and several users in one process never collide, and `remove_stale`
+deletes what a killed run left (its pid is gone). Nothing uses a shell.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import itertools
+import json
 import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,7 +31,10 @@ PREFIX = "tnl"
 NETNS_RUN = Path("/run/netns")
 NETNS_ETC = Path("/etc/netns")
 WORKDIR_PREFIX = "tunneler-demo-"
-NFT_TABLE = "tunneler_demo"
+CLONE_NEWNET = 0x40000000
+DEFAULT_RESOLV = "nameserver 198.18.0.53\n"
+DEFAULT_HOSTS = "127.0.0.1 localhost\n::1 localhost\n"
+NFT_TABLE = "tunneler_netns"
 DROP_INBOUND = f"""\
 table inet {NFT_TABLE} {{
     chain input {{
@@ -31,13 +44,14 @@ table inet {NFT_TABLE} {{
     }}
 }}
 """
+_counter = itertools.count()
 
 
 class NetnsError(RuntimeError):
-    """A namespace command failed; the message carries the command and its stderr."""
+    """A namespace command failed or a tool is missing; the message says which and why."""
 
 
-def check(argv: Sequence[str], *, input_text: str | None = None,
+def run_checked(argv: Sequence[str], *, input_text: str | None = None,
           timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run `argv` and raise `NetnsError` with its stderr when it fails."""
     result = subprocess.run(list(argv), input=input_text, capture_output=True, text=True,
@@ -49,18 +63,42 @@ def check(argv: Sequence[str], *, input_text: str | None = None,
 
 
 def run_name(role: str, pid: int | None = None) -> str:
-    """The namespace name of `role` for the run of process `pid` (default: this one)."""
-    return f"{PREFIX}-{pid or os.getpid()}-{role}"
+    """A fresh namespace name for `role` in the run of process `pid` (default: this one)."""
+    return f"{PREFIX}-{pid or os.getpid()}-{next(_counter)}-{role}"
+
+
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def pids_in(name: str) -> list[int]:
+    """Every process living in namespace `name` (ours or not)."""
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
+                         check=False).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def _remove(name: str) -> None:
+    """Kill what runs inside `name`, delete the namespace and its /etc/netns directory."""
+    for pid in pids_in(name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
+    shutil.rmtree(NETNS_ETC / name, ignore_errors=True)
 
 
 class Netns:
     """One throwaway namespace with its own resolv.conf and hosts file."""
 
-    def __init__(self, role: str, *, resolv_conf: str, hosts: str) -> None:
+    def __init__(self, role: str = "ns", *, resolv_conf: str = DEFAULT_RESOLV,
+                 hosts: str = DEFAULT_HOSTS) -> None:
         self.role = role
         self.name = run_name(role)
         self._procs: list[subprocess.Popen[Any]] = []
-        check(["ip", "netns", "add", self.name])
+        run_checked(["ip", "netns", "add", self.name])
         try:
             self.etc_dir.mkdir(parents=True, exist_ok=True)
             self.etc_file("resolv.conf").write_text(resolv_conf)
@@ -81,35 +119,59 @@ class Netns:
     def argv(self, cmd: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.name, *cmd]
 
-    def run(self, cmd: Sequence[str], *, check_rc: bool = True, timeout: float = 60,
+    def run(self, cmd: Sequence[str], *, check: bool = True, timeout: float = 60,
             input_text: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run `cmd` inside and wait; `NetnsError` on failure when `check_rc`."""
-        if check_rc:
-            return check(self.argv(cmd), input_text=input_text, timeout=timeout)
+        """Run `cmd` inside and wait; `NetnsError` when it fails and `check` is set."""
+        if check:
+            return run_checked(self.argv(cmd), input_text=input_text, timeout=timeout)
         return subprocess.run(self.argv(cmd), input=input_text, capture_output=True, text=True,
                               timeout=timeout, check=False)
 
     def popen(self, cmd: Sequence[str], *, stdout: IO[Any] | int | None = None,
-              cwd: Path | None = None) -> subprocess.Popen[bytes]:
-        """Start `cmd` inside (stderr joins stdout); it is killed by `delete` at the latest."""
-        proc = subprocess.Popen(self.argv(cmd), stdout=stdout, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=cwd)
+              stderr: IO[Any] | int | None = None, cwd: Path | None = None,
+              env: Mapping[str, str] | None = None,
+              text: bool = False) -> subprocess.Popen[Any]:
+        """Start `cmd` inside (stdin from /dev/null); it is killed by `delete` at the latest."""
+        proc = subprocess.Popen(self.argv(cmd), stdout=stdout, stderr=stderr,
+                                stdin=subprocess.DEVNULL, cwd=cwd, env=env, text=text)
         self._procs.append(proc)
         return proc
 
     def ip(self, *args: str) -> str:
         """``ip -n NAME ARGS...``; returns stdout."""
-        return check(["ip", "-n", self.name, *args]).stdout
+        return run_checked(["ip", "-n", self.name, *args]).stdout
+
+    def ip_json(self, *args: str) -> Any:
+        """``ip -j -n NAME ARGS...`` parsed (an empty list when ip prints nothing)."""
+        out = run_checked(["ip", "-j", "-n", self.name, *args]).stdout
+        return json.loads(out) if out.strip() else []
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """Move the calling thread into the namespace, and back afterwards."""
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        target = os.open(NETNS_RUN / self.name, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(target)
+            try:
+                yield
+            finally:
+                _setns(home)
+        finally:
+            os.close(target)
+            os.close(home)
 
     def sysctl(self, key: str, value: str) -> None:
         self.run(["sysctl", "-qw", f"{key}={value}"])
 
     def drop_inbound(self) -> None:
         """nftables: input policy drop; loopback and replies to our own connections pass."""
+        if shutil.which("nft") is None:
+            raise NetnsError("the nft binary is missing: `apt-get install nftables`")
         self.run(["nft", "-f", "-"], input_text=DROP_INBOUND)
 
     def allow_inbound(self, ifname: str) -> None:
-        """Let new connections in through `ifname` (benchmark baselines only)."""
+        """Let new connections in through `ifname` (after `drop_inbound`)."""
         self.run(["nft", "insert", "rule", "inet", NFT_TABLE, "input", "iifname", ifname,
                   "accept"])
 
@@ -117,10 +179,8 @@ class Netns:
         return self.run(["nft", "list", "ruleset"]).stdout
 
     def pids(self) -> list[int]:
-        """Every process living in the namespace."""
-        out = subprocess.run(["ip", "netns", "pids", self.name], capture_output=True,
-                             text=True, check=False).stdout
-        return [int(pid) for pid in out.split()]
+        """Every process living in the namespace (ours or not)."""
+        return pids_in(self.name)
 
     def delete(self) -> None:
         """Kill every process inside, delete the namespace and its /etc/netns directory."""
@@ -129,20 +189,26 @@ class Netns:
                 proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-        for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
-        shutil.rmtree(self.etc_dir, ignore_errors=True)
+        _remove(self.name)
+
+    def __enter__(self) -> Netns:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.delete()
 
 
-def veth(a: Netns, b: Netns, addr_a: str, addr_b: str, tag: str) -> tuple[str, str]:
-    """Join `a` and `b` with a veth pair; links are named ``tnl<pid><tag>a|b``."""
-    name_a, name_b = f"{PREFIX}{os.getpid()}{tag}a", f"{PREFIX}{os.getpid()}{tag}b"
-    check(["ip", "link", "add", name_a, "netns", a.name, "type", "veth",
-           "peer", "name", name_b, "netns", b.name])
+def veth(a: Netns, b: Netns, addr_a: str, addr_b: str, *,
+         mtu: int | None = None) -> tuple[str, str]:
+    """Join `a` and `b` with a veth pair, address and raise both ends; the two link names."""
+    base = f"{PREFIX}{os.getpid()}x{next(_counter) % 1000}"  # <= 15 chars with the a/b
+    name_a, name_b = f"{base}a", f"{base}b"
+    run_checked(["ip", "link", "add", name_a, "netns", a.name, "type", "veth",
+                 "peer", "name", name_b, "netns", b.name])
     for ns, name, addr in ((a, name_a, addr_a), (b, name_b, addr_b)):
         ns.ip("addr", "add", addr, "dev", name)
+        if mtu is not None:
+            ns.ip("link", "set", name, "mtu", str(mtu))
         ns.ip("link", "set", name, "up")
     return name_a, name_b
 
@@ -155,14 +221,6 @@ def ours(pid: int | None = None) -> list[str]:
     return sorted(found)
 
 
-def _kill_inside(name: str) -> None:
-    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True,
-                         check=False).stdout
-    for pid in out.split():
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
-
-
 def remove_stale(workdirs: Path | None = None) -> list[str]:
     """Delete what earlier runs whose process no longer exists left: namespaces (and the
     processes still inside), /etc/netns directories, and ``WORKDIRS/tunneler-demo-<pid>-*``."""
@@ -170,10 +228,7 @@ def remove_stale(workdirs: Path | None = None) -> list[str]:
     for base in (NETNS_RUN, NETNS_ETC):
         for path in base.glob(f"{PREFIX}-*-*") if base.is_dir() else []:
             if _dead(path.name.split("-")[1]):
-                _kill_inside(path.name)
-                subprocess.run(["ip", "netns", "del", path.name], capture_output=True,
-                               check=False)
-                shutil.rmtree(NETNS_ETC / path.name, ignore_errors=True)
+                _remove(path.name)
                 removed.append(path.name)
     for path in workdirs.glob(f"{WORKDIR_PREFIX}*-*") if workdirs else []:
         if _dead(path.name.removeprefix(WORKDIR_PREFIX).split("-")[0]):

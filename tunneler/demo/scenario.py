@@ -21,14 +21,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from tunneler.demo.netns import Netns, NetnsError, ours, veth
+from tunneler.demo.netns import Netns, ours, veth
+from tunneler.demo.processes import Processes
 
 APP_IP, EDGE_APP_IP = "198.18.10.1", "198.18.10.2"
 EDGE_LLM_IP, LLM_IP = "198.18.11.1", "198.18.11.2"
@@ -41,7 +41,6 @@ DNS_IP = "100.64.0.2"
 PYTHON = sys.executable
 TUNNELER = [PYTHON, "-m", "tunneler"]
 UPSTREAM_RESOLV = f"# the app namespace's resolver before tunneler\nnameserver {EDGE_APP_IP}\n"
-STARTUP_TIMEOUT = 40.0
 
 Echo = Callable[[str], None]
 
@@ -84,19 +83,18 @@ def _hosts(edge_ip: str) -> str:
     return f"127.0.0.1 localhost\n::1 localhost\n{edge_ip} {EDGE_NAME}\n"
 
 
-class Scenario:
+class Scenario(Processes):
     """The three namespaces and every process of the scenario (see the module docstring)."""
 
     def __init__(self, workdir: Path, *, token_delay: float = 0.02,
                  services: Sequence[Service] = (LLM_SERVICE,), echo: Echo | None = None) -> None:
-        self.dir = workdir
+        super().__init__(workdir)
         self.net = workdir / "net"
         self.runtime = workdir / "run"
         self.token_delay = token_delay
         self.services = tuple(services)
         self.echo = echo or (lambda _line: None)
         self.spaces: dict[str, Netns] = {}
-        self.procs: dict[str, tuple[Netns, subprocess.Popen[bytes]]] = {}
         self.veths: dict[str, tuple[str, str]] = {}
 
     # -- namespaces ------------------------------------------------------------------------------
@@ -122,8 +120,8 @@ class Scenario:
         self.dir.mkdir(parents=True, exist_ok=True)
         app, edge = self._netns("app", EDGE_APP_IP), self._netns("edge", EDGE_APP_IP)
         llm = self._netns("llm", EDGE_LLM_IP)
-        self.veths["app-edge"] = veth(app, edge, f"{APP_IP}/24", f"{EDGE_APP_IP}/24", "e")
-        self.veths["edge-llm"] = veth(edge, llm, f"{EDGE_LLM_IP}/24", f"{LLM_IP}/24", "l")
+        self.veths["app-edge"] = veth(app, edge, f"{APP_IP}/24", f"{EDGE_APP_IP}/24")
+        self.veths["edge-llm"] = veth(edge, llm, f"{EDGE_LLM_IP}/24", f"{LLM_IP}/24")
         edge.sysctl("net.ipv4.ip_forward", "0")
         llm.drop_inbound()
         self.start(edge, "upstream-dns", [PYTHON, "-m", "tunneler.demo.clients", "upstream-dns"])
@@ -135,39 +133,12 @@ class Scenario:
         self.echo(f"[{ns.role}] $ tunneler {' '.join(args)}")
         return ns.run([*TUNNELER, *args], timeout=timeout).stdout
 
-    def start(self, ns: Netns, name: str, argv: Sequence[str]) -> None:
+    def start(self, ns: Netns, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start a long-running program in `ns`, logging to WORKDIR/<name>.log."""
         shown = " ".join(["tunneler", *argv[3:]] if list(argv[:3]) == TUNNELER
                          else ["python", *argv[1:]] if argv[0] == PYTHON else argv)
         self.echo(f"[{ns.role}] $ {shown} &")
-        with (self.dir / f"{name}.log").open("wb") as log:
-            self.procs[name] = (ns, ns.popen(argv, stdout=log, cwd=self.dir))
-
-    def log(self, name: str) -> str:
-        path = self.dir / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def wait_log(self, name: str, text: str, count: int = 1,
-                 timeout: float = STARTUP_TIMEOUT) -> None:
-        """Until process `name` logged `text` `count` times; NetnsError if it exits first."""
-        deadline = time.monotonic() + timeout
-        while self.log(name).count(text) < count:
-            if self.procs[name][1].poll() is not None or time.monotonic() > deadline:
-                raise NetnsError(f"{name} did not log {text!r}; its log ends:\n"
-                                 f"{self.log(name)[-3000:]}")
-            time.sleep(0.05)
-
-    def stop(self, name: str, timeout: float = 15.0) -> int:
-        """SIGTERM one process and wait (SIGKILL after `timeout`); its exit code."""
-        _ns, proc = self.procs.pop(name)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return proc.returncode
+        return super().start(ns, name, argv)
 
     # -- the overlay -----------------------------------------------------------------------------
     def start_network(self) -> str:

@@ -14,7 +14,14 @@ Flow states and expiry (``now`` is the loop's monotonic time)::
      |                   |                       |                             ^
      +-- RST either way -+-----------------------+-----------------------------+
     expiry: SYN after syn_timeout idle; OPEN after idle_timeout; HALF_CLOSED after
-    half_closed_timeout; CLOSED after linger (the nat port stays reserved until then).
+    half_closed_timeout; CLOSED after a linger (the nat port stays reserved until then).
+
+The linger depends on who closed first. When the listener side sent the first FIN, its
+socket (``T:L <-> N:natport``) waits in TIME_WAIT for 60 s, and a new flow on the same nat
+port would collide with it: ``linger`` (60 s). When the app closed first, or on a reset,
+nothing waits on the listener side: ``short_linger`` (10 s) absorbs stray segments. Closed
+entries do not count against ``max_flows`` (only the port range bounds them), so a sustained
+connection rate is limited by ports / linger, not by the active-flow cap.
 
 API:
 
@@ -46,7 +53,8 @@ DEFAULT_MAX_UDP_FLOWS = 1024
 SYN_TIMEOUT = 10.0
 IDLE_TIMEOUT = 7200.0
 HALF_CLOSED_TIMEOUT = 300.0
-CLOSED_LINGER = 60.0
+CLOSED_LINGER = 60.0  # the listener closed first: its socket sits in TIME_WAIT (60 s on Linux)
+SHORT_LINGER = 10.0  # the app closed first, or a reset: only stray segments can still come
 UDP_IDLE_TIMEOUT = 30.0
 
 _ADDRS = struct.Struct("!II")
@@ -91,6 +99,7 @@ class _Flow:
         "l4_in",
         "l4_out",
         "last_seen",
+        "listener_first",
         "nat_port",
         "state",
     )
@@ -100,7 +109,7 @@ class _Flow:
         self.nat_port = nat_port
         self.state = FlowState.SYN
         self.last_seen = now
-        self.fin_out = self.fin_in = False
+        self.fin_out = self.fin_in = self.listener_first = False
         self.ip_out = self.l4_out = self.ip_in = self.l4_in = 0
 
 
@@ -131,6 +140,7 @@ class TcpNat:
         idle_timeout: float = IDLE_TIMEOUT,
         half_closed_timeout: float = HALF_CLOSED_TIMEOUT,
         linger: float = CLOSED_LINGER,
+        short_linger: float = SHORT_LINGER,
         rng: random.Random | None = None,
     ) -> None:
         low, high = port_range
@@ -148,6 +158,8 @@ class TcpNat:
             FlowState.HALF_CLOSED: half_closed_timeout,
             FlowState.CLOSED: linger,
         }
+        self._short_linger = short_linger
+        self._closed = 0
         self._by_key: dict[OriginalDestination, _Flow] = {}
         self._by_port: dict[int, _Flow] = {}
         self.drops: Counter[NatDrop] = Counter()
@@ -156,6 +168,11 @@ class TcpNat:
 
     def __len__(self) -> int:
         return len(self._by_port)
+
+    @property
+    def active(self) -> int:
+        """Flows not yet closed (what `max_flows` caps)."""
+        return len(self._by_port) - self._closed
 
     def is_inbound(self, parsed: Parsed) -> bool:
         """Return True for a reply from the listener (``T:L -> N:*``)."""
@@ -237,7 +254,9 @@ class TcpNat:
         """Mark a flow closed (the engine is done with it); its port frees after the linger."""
         flow = self._by_port.get(nat_port)
         if flow is not None and flow.state is not FlowState.CLOSED:
-            flow.state = FlowState.CLOSED
+            if not flow.fin_out:  # the app had not closed: assume the listener side did
+                flow.listener_first = True
+            self._set_closed(flow)
             flow.last_seen = now
 
     def expire(self, now: float) -> list[int]:
@@ -245,19 +264,28 @@ class TcpNat:
         freed = [
             port
             for port, flow in self._by_port.items()
-            if now - flow.last_seen >= self._timeouts[flow.state]
+            if now - flow.last_seen >= self._timeout(flow)
         ]
         for port in freed:
             self._remove(self._by_port[port])
         self.expired += len(freed)
         return freed
 
+    def _timeout(self, flow: _Flow) -> float:
+        if flow.state is FlowState.CLOSED and not flow.listener_first:
+            return self._short_linger
+        return self._timeouts[flow.state]
+
+    def _set_closed(self, flow: _Flow) -> None:
+        flow.state = FlowState.CLOSED
+        self._closed += 1
+
     def _drop(self, reason: NatDrop) -> NatDrop:
         self.drops[reason] += 1
         return reason
 
     def _open(self, key: OriginalDestination, now: float) -> _Flow | NatDrop:
-        if len(self._by_port) >= self.max_flows:
+        if self.active >= self.max_flows:
             return NatDrop.TABLE_FULL
         nat_port = self._allocate_port()
         if nat_port is None:
@@ -289,6 +317,8 @@ class TcpNat:
         return None
 
     def _remove(self, flow: _Flow) -> None:
+        if flow.state is FlowState.CLOSED:
+            self._closed -= 1
         del self._by_port[flow.nat_port]
         if self._by_key.get(flow.key) is flow:
             del self._by_key[flow.key]
@@ -298,15 +328,18 @@ class TcpNat:
         if flow.state is FlowState.CLOSED:
             return
         if flags & TCP_RST:
-            flow.state = FlowState.CLOSED
+            self._set_closed(flow)
             return
         if flags & TCP_FIN:
             if outbound:
                 flow.fin_out = True
             else:
+                flow.listener_first = flow.listener_first or not flow.fin_out
                 flow.fin_in = True
-            both = flow.fin_out and flow.fin_in
-            flow.state = FlowState.CLOSED if both else FlowState.HALF_CLOSED
+            if flow.fin_out and flow.fin_in:
+                self._set_closed(flow)
+            else:
+                flow.state = FlowState.HALF_CLOSED
         elif flow.state is FlowState.SYN and not outbound:
             flow.state = FlowState.OPEN
 

@@ -142,20 +142,42 @@ def _open_flow(nat: TcpNat, now: float, sport: int = 40000) -> int:
     return nat_port
 
 
-def test_fin_both_ways_closes_then_lingers() -> None:
-    nat = make_nat(linger=60.0, half_closed_timeout=300.0)
+def test_app_closing_first_lingers_briefly() -> None:
+    nat = make_nat(linger=60.0, short_linger=10.0, half_closed_timeout=300.0)
     nat_port = _open_flow(nat, 0.0)
     send_out(nat, 40000, "FA", 1.0)
     assert nat.state(nat_port) is FlowState.HALF_CLOSED
     send_in(nat, nat_port, "FA", 2.0)
     assert nat.state(nat_port) is FlowState.CLOSED
     assert isinstance(send_out(nat, 40000, "A", 3.0), IP)  # final ACK still translated
-    assert nat.expire(62.9) == []
-    assert nat.expire(63.0) == [nat_port]
+    assert nat.expire(12.9) == []
+    assert nat.expire(13.0) == [nat_port]
+
+
+def test_listener_closing_first_lingers_through_time_wait() -> None:
+    nat = make_nat(linger=60.0, short_linger=10.0, half_closed_timeout=300.0)
+    nat_port = _open_flow(nat, 0.0)
+    send_in(nat, nat_port, "FA", 1.0)  # the listener side closes first: TIME_WAIT there
+    send_out(nat, 40000, "FA", 2.0)
+    assert nat.state(nat_port) is FlowState.CLOSED
+    assert nat.expire(61.9) == []
+    assert nat.expire(62.0) == [nat_port]
+
+
+def test_closed_flows_do_not_count_against_the_cap() -> None:
+    nat = make_nat(max_flows=2)
+    first = _open_flow(nat, 0.0, sport=40000)
+    _open_flow(nat, 0.0, sport=40001)
+    send_in(nat, first, "R", 1.0)
+    assert nat.active == 1 and len(nat) == 2
+    assert isinstance(send_out(nat, 40002, "S", 2.0), IP)
+    assert send_out(nat, 40003, "S", 2.0) is NatDrop.TABLE_FULL
+    nat.expire(100.0)
+    assert nat.active == len(nat) == 1  # the reset one and the unanswered SYN are gone
 
 
 def test_rst_closes_and_port_is_not_reused_during_linger() -> None:
-    nat = make_nat(port_range=(30000, 30001), linger=30.0)
+    nat = make_nat(port_range=(30000, 30001), short_linger=30.0)
     first = _open_flow(nat, 0.0)
     send_in(nat, first, "R", 1.0)
     assert nat.state(first) is FlowState.CLOSED

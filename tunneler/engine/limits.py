@@ -13,7 +13,7 @@ class Limits:
 
     max_tcp_flows: int = DEFAULT_MAX_TCP_FLOWS
     max_pending_dials: int = 512
-    max_nat_entries: int = 2 * DEFAULT_MAX_TCP_FLOWS  # closed flows linger in the NAT
+    max_nat_entries: int = 2 * DEFAULT_MAX_TCP_FLOWS  # open NAT flows; closed ones only hold ports
     max_udp_flows: int = DEFAULT_MAX_UDP_FLOWS
     max_udp_queued: int = 64  # datagrams held per UDP flow while its dial is pending
     max_dns_in_flight: int = 150

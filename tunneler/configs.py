@@ -14,6 +14,8 @@ Public names (stable; the client side imports them):
 - `parse_tunneler_server(obj, path) -> HostV1` (`ziti-tunneler-server.v1`).
 - `parse_config(type_name, obj, path)` — dispatch on a config type name; unknown types must be
   JSON objects and are returned unchanged.
+- `intercept_of(configs, service)`, `host_of(configs, service)` — a service's `intercept.v1`
+  (`host.v1`), else its converted legacy config; None when it has neither.
 - `INTERCEPT_V1`, `HOST_V1`, `TUNNELER_CLIENT_V1`, `TUNNELER_SERVER_V1` — the type names.
 """
 
@@ -23,7 +25,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tunneler.errors import ConfigError
 
@@ -33,6 +35,8 @@ TUNNELER_CLIENT_V1 = "ziti-tunneler-client.v1"
 TUNNELER_SERVER_V1 = "ziti-tunneler-server.v1"
 PROTOCOLS = ("tcp", "udp")
 PRECEDENCES = ("default", "required", "failed")
+
+_T = TypeVar("_T")
 
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
@@ -353,3 +357,35 @@ def parse_config(type_name: str, obj: object, path: str) -> object:
     if parser is not None:
         return parser(obj, path)
     return _check(obj, path)
+
+
+def _current_or_legacy(configs: Mapping[str, object], service: str,
+                       *choices: tuple[str, Callable[[object, str], _T]]) -> _T | None:
+    for type_name, parse in choices:
+        if type_name in configs:
+            return parse(configs[type_name], f"{service}.{type_name}")
+    return None
+
+
+def intercept_of(configs: Mapping[str, object], service: str) -> InterceptV1 | None:
+    """The `intercept.v1` of `service`'s `configs`, else its converted `ziti-tunneler-client.v1`.
+
+    None when it has neither.
+
+    Raises:
+        ConfigError: the config is invalid (the path starts with the service name).
+    """
+    return _current_or_legacy(configs, service, (INTERCEPT_V1, parse_intercept),
+                              (TUNNELER_CLIENT_V1, parse_tunneler_client))
+
+
+def host_of(configs: Mapping[str, object], service: str) -> HostV1 | None:
+    """The `host.v1` of `service`'s `configs`, else its converted `ziti-tunneler-server.v1`.
+
+    None when it has neither.
+
+    Raises:
+        ConfigError: the config is invalid (the path starts with the service name).
+    """
+    return _current_or_legacy(configs, service, (HOST_V1, parse_host),
+                              (TUNNELER_SERVER_V1, parse_tunneler_server))

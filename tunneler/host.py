@@ -28,17 +28,9 @@ from tunneler.client.conn import EdgeSink
 from tunneler.client.context import Binding, ZitiContext
 from tunneler.client.ctrl import ServiceInfo
 from tunneler.client.listener import BindOptions, DialHandler, IncomingDial
-from tunneler.client.services import ServiceChanges
+from tunneler.client.services import ServiceChanges, config_or_warn
 from tunneler.client.targets import select_target
-from tunneler.configs import (
-    HOST_V1,
-    PRECEDENCES,
-    TUNNELER_SERVER_V1,
-    HostV1,
-    ListenOptions,
-    parse_host,
-    parse_tunneler_server,
-)
+from tunneler.configs import PRECEDENCES, HostV1, ListenOptions, host_of
 from tunneler.errors import ConfigError, DialError
 from tunneler.log import get_logger
 from tunneler.ops import runtime as ops_runtime
@@ -154,15 +146,7 @@ class ServiceHost:
 
 def host_config(service: ServiceInfo) -> HostV1 | None:
     """The service's host.v1 config (or converted ziti-tunneler-server.v1); None if absent/bad."""
-    try:
-        if HOST_V1 in service.configs:
-            return parse_host(service.configs[HOST_V1], f"{service.name}.{HOST_V1}")
-        if TUNNELER_SERVER_V1 in service.configs:
-            return parse_tunneler_server(service.configs[TUNNELER_SERVER_V1],
-                                         f"{service.name}.{TUNNELER_SERVER_V1}")
-    except ConfigError as exc:
-        log.warning("host.config_invalid", service=service.name, error=str(exc))
-    return None
+    return config_or_warn(service, host_of, "host.config_invalid")
 
 
 def bind_options(config: HostV1, identity_name: str) -> BindOptions:

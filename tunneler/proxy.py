@@ -18,13 +18,8 @@ from tunneler import aio
 from tunneler.client.bridge import StreamBridge, reset
 from tunneler.client.context import ZitiContext
 from tunneler.client.ctrl import ServiceInfo
-from tunneler.configs import (
-    INTERCEPT_V1,
-    TUNNELER_CLIENT_V1,
-    InterceptV1,
-    parse_intercept,
-    parse_tunneler_client,
-)
+from tunneler.client.services import config_or_warn
+from tunneler.configs import InterceptV1, intercept_of
 from tunneler.errors import ConfigError, DialError
 from tunneler.log import get_logger
 
@@ -124,12 +119,4 @@ def app_data_for(service: ServiceInfo) -> dict[str, str | int | None]:
 
 
 def _intercept(service: ServiceInfo) -> InterceptV1 | None:
-    try:
-        if INTERCEPT_V1 in service.configs:
-            return parse_intercept(service.configs[INTERCEPT_V1], f"{service.name}.{INTERCEPT_V1}")
-        if TUNNELER_CLIENT_V1 in service.configs:
-            return parse_tunneler_client(service.configs[TUNNELER_CLIENT_V1],
-                                         f"{service.name}.{TUNNELER_CLIENT_V1}")
-    except ConfigError as exc:
-        log.warning("proxy.intercept_invalid", service=service.name, error=str(exc))
-    return None
+    return config_or_warn(service, intercept_of, "proxy.intercept_invalid")

@@ -12,6 +12,8 @@ from tunneler.configs import (
     InterceptV1,
     ListenOptions,
     PortRange,
+    host_of,
+    intercept_of,
     parse_config,
     parse_host,
     parse_intercept,
@@ -127,3 +129,17 @@ def test_parse_config_dispatch() -> None:
     assert parse_config("host.v2", {"terminators": []}, "p") == {"terminators": []}
     with pytest.raises(ConfigError, match=r"^p: must be an object"):
         parse_config("host.v2", [], "p")
+
+
+def test_current_config_wins_over_legacy_and_paths_name_the_service() -> None:
+    legacy_client = {"hostname": "old.test", "port": 1}
+    configs = {"intercept.v1": INTERCEPT, "ziti-tunneler-client.v1": legacy_client}
+    assert intercept_of(configs, "llm") == parse_intercept(INTERCEPT)
+    assert intercept_of({"ziti-tunneler-client.v1": legacy_client}, "llm") == \
+        parse_tunneler_client(legacy_client)
+    assert intercept_of({"host.v1": {}}, "llm") is None
+    assert host_of({"ziti-tunneler-server.v1": {"hostname": "b", "port": 2}}, "llm") == \
+        parse_tunneler_server({"hostname": "b", "port": 2})
+    assert host_of({}, "llm") is None
+    with pytest.raises(ConfigError, match=r"^llm\.host\.v1\.protocol"):
+        host_of({"host.v1": {"protocol": "icmp", "address": "a", "port": 1}}, "llm")

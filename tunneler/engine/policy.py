@@ -17,13 +17,7 @@ from typing import Any, Protocol
 
 from tunneler.client.conn import EdgeConnection, EdgeSink
 from tunneler.client.ctrl import ServiceInfo
-from tunneler.configs import (
-    INTERCEPT_V1,
-    TUNNELER_CLIENT_V1,
-    InterceptV1,
-    parse_intercept,
-    parse_tunneler_client,
-)
+from tunneler.configs import InterceptV1, intercept_of
 from tunneler.dns.pool import VipPool
 from tunneler.errors import ConfigError
 from tunneler.intercept import (
@@ -95,20 +89,6 @@ def _as_intercept_v1(config: InterceptV1) -> dict[str, Any]:
     return raw
 
 
-def intercept_config(service: ServiceInfo) -> InterceptV1 | None:
-    """The service's validated intercept config; None when it has none.
-
-    Raises:
-        ConfigError: the config is invalid.
-    """
-    if INTERCEPT_V1 in service.configs:
-        return parse_intercept(service.configs[INTERCEPT_V1], f"{service.name}.{INTERCEPT_V1}")
-    if TUNNELER_CLIENT_V1 in service.configs:
-        return parse_tunneler_client(service.configs[TUNNELER_CLIENT_V1],
-                                     f"{service.name}.{TUNNELER_CLIENT_V1}")
-    return None
-
-
 def _timeout(config: InterceptV1) -> float:
     options = config.dial_options
     if options is None or not options.connect_timeout_seconds:
@@ -134,7 +114,7 @@ class InterceptPolicy:
                 if service.name in targets or "Dial" not in service.permissions:
                     continue
                 try:
-                    config = intercept_config(service)
+                    config = intercept_of(service.configs, service.name)
                     if config is None:
                         continue
                     intercept = Intercept.from_intercept_v1(service.name,

@@ -16,14 +16,14 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from tunneler import __version__
+from tunneler.configs import HOST_V1, INTERCEPT_V1, TUNNELER_CLIENT_V1, TUNNELER_SERVER_V1
 from tunneler.errors import ControllerError, NotAuthorized
 from tunneler.identity import Identity
 from tunneler.log import get_logger
 
 log = get_logger("ctrl")
 
-DEFAULT_CONFIG_TYPES = ("intercept.v1", "host.v1", "ziti-tunneler-client.v1",
-                        "ziti-tunneler-server.v1")
+DEFAULT_CONFIG_TYPES = (INTERCEPT_V1, HOST_V1, TUNNELER_CLIENT_V1, TUNNELER_SERVER_V1)
 NOT_AUTHORIZED_CODES = frozenset({"UNAUTHORIZED", "INVALID_AUTH", "INVALID_AUTHENTICATION",
                                   "REQUIRES_CERT_AUTH"})
 PAGE_SIZE = 25

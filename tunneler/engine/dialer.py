@@ -1,4 +1,7 @@
-"""One flow's dial of its intercepted service, timed and counted (TCP and UDP share it).
+"""What the TCP and UDP interceptors share: their parts, and one flow's dial, timed and counted.
+
+``FlowInterceptor`` holds the data path's parts both interceptors use (TUN pump, policy, VIP
+pool, flat counters, limits, ops counters) and the ``draining`` flag.
 
 ``dial_flow`` dials ``match.target`` with the flow's app data and reports the outcome twice:
 to the engine's flat counters (``<proto>_dials_failed``, a rate-limited warning) and to the
@@ -11,8 +14,11 @@ from __future__ import annotations
 import time
 
 from tunneler.client.conn import EdgeSink
-from tunneler.engine.policy import Match
+from tunneler.dns.pool import VipPool
+from tunneler.engine.limits import Limits
+from tunneler.engine.policy import InterceptPolicy, Match
 from tunneler.engine.stats import Stats
+from tunneler.engine.tunreader import TunPump
 from tunneler.errors import TunnelerError
 from tunneler.nat import OriginalDestination
 from tunneler.ops import stats as ops_stats
@@ -34,3 +40,17 @@ async def dial_flow(match: Match, sink: EdgeSink, proto: str, key: OriginalDesti
         return False
     counters.dial_succeeded(target.service, time.perf_counter() - started)
     return True
+
+
+class FlowInterceptor:
+    """The parts of the data path a TCP or UDP interceptor works with; `draining` refuses flows."""
+
+    def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, stats: Stats,
+                 limits: Limits, counters: ops_stats.Stats) -> None:
+        self.pump = pump
+        self.policy = policy
+        self.pool = pool
+        self.stats = stats
+        self.counters = counters  # per service, for the ops layer
+        self.limits = limits
+        self.draining = False

@@ -29,7 +29,7 @@ from typing import cast
 from tunneler.client.bridge import reset
 from tunneler.dns.pool import VipPool
 from tunneler.engine.bridge import InterceptBridge
-from tunneler.engine.dialer import dial_flow
+from tunneler.engine.dialer import FlowInterceptor, dial_flow
 from tunneler.engine.limits import Limits
 from tunneler.engine.policy import InterceptPolicy, Match
 from tunneler.engine.stats import Stats
@@ -80,18 +80,13 @@ class _Acceptor(asyncio.Protocol):
         self._owner.accepted(cast(asyncio.Transport, transport))
 
 
-class TcpInterceptor:
+class TcpInterceptor(FlowInterceptor):
     """SYN handling, overlay dials, the hairpin NAT and the local listener."""
 
     def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, stats: Stats,
                  limits: Limits, dns_protocol: DnsProtocolFactory, nat_ip: IPv4Address,
                  counters: ops_stats.Stats) -> None:
-        self.pump = pump
-        self.policy = policy
-        self.pool = pool
-        self.stats = stats
-        self.counters = counters  # per service, for the ops layer
-        self.limits = limits
+        super().__init__(pump, policy, pool, stats, limits, counters)
         self._dns_protocol = dns_protocol
         self._tun_ip = int(pool.tun_ip)
         self._dns_ip = int(pool.dns_ip)
@@ -102,7 +97,6 @@ class TcpInterceptor:
         self._by_key: dict[OriginalDestination, _Flow] = {}
         self._by_port: dict[int, _Flow] = {}
         self._parsed = Parsed()
-        self.draining = False
         self._drained: asyncio.Event | None = None
 
     @property

@@ -16,7 +16,7 @@ from ipaddress import IPv4Address
 
 from tunneler.client.conn import EdgeConnection
 from tunneler.dns.pool import VipPool
-from tunneler.engine.dialer import dial_flow
+from tunneler.engine.dialer import FlowInterceptor, dial_flow
 from tunneler.engine.limits import Limits
 from tunneler.engine.policy import InterceptPolicy, Match
 from tunneler.engine.stats import Stats
@@ -93,21 +93,15 @@ class UdpFlow:
         """Datagrams are dropped, never queued without bound: nothing to pause."""
 
 
-class UdpInterceptor:
+class UdpInterceptor(FlowInterceptor):
     """The UDP flows of intercepted services."""
 
     def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, stats: Stats,
                  limits: Limits, counters: ops_stats.Stats) -> None:
-        self.pump = pump
-        self.policy = policy
-        self.pool = pool
-        self.stats = stats
-        self.counters = counters  # per service, for the ops layer
-        self.limits = limits
+        super().__init__(pump, policy, pool, stats, limits, counters)
         self.table = UdpFlowTable(max_flows=limits.max_udp_flows,
                                   idle_timeout=limits.udp_idle_timeout)
         self._flows: dict[int, UdpFlow] = {}
-        self.draining = False
 
     def __len__(self) -> int:
         return len(self._flows)

@@ -8,7 +8,6 @@ the TLS layer, then looked up by SHA-1 fingerprint); later calls carry the `zt-s
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import ssl
@@ -33,6 +32,7 @@ from tunneler.controller.models import ApiSession, Identity, iso_time
 from tunneler.controller.paging import page, parse_name_filter, wanted_config_types
 from tunneler.controller.store import Store
 from tunneler.errors import EnrollmentError
+from tunneler.httpserver import HttpListener, json_response
 from tunneler.log import get_logger
 
 log = get_logger("controller.api")
@@ -58,11 +58,6 @@ class ApiSettings:
     ca_key: pki.PrivateKey
 
 
-def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(payload).encode(), status=status,
-                        content_type="application/json")
-
-
 def _peer_fingerprint(request: web.Request) -> str | None:
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -76,8 +71,7 @@ class ControllerApi:
         self._store = store
         self._settings = settings
         self._clock = clock
-        self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
+        self._listener = HttpListener()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -104,28 +98,15 @@ class ControllerApi:
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext) -> int:
         """Listen on host:port (0 = ephemeral); returns the bound port."""
-        self._runner = web.AppRunner(self.application(), access_log=None,
-                                     keepalive_timeout=READ_HEADER_TIMEOUT)
-        await self._runner.setup()
-        protocol_factory = self._runner.server
-        assert protocol_factory is not None
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            protocol_factory, host, port, ssl=ssl_context,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-        bound: int = self._server.sockets[0].getsockname()[1]
+        bound = await self._listener.start(self.application(), host, port, ssl_context,
+                                           keepalive_timeout=READ_HEADER_TIMEOUT,
+                                           handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
         log.info("controller.api_started", host=host, port=bound)
         return bound
 
     async def close(self) -> None:
         """Stop listening and close open connections."""
-        if self._server is not None:
-            self._server.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._server is not None:
-            await self._server.wait_closed()
-        self._server = self._runner = None
+        await self._listener.close()
 
     # -- middleware --------------------------------------------------------------------------
 
@@ -168,7 +149,7 @@ class ControllerApi:
     # -- enrollment --------------------------------------------------------------------------
 
     async def get_version(self, request: web.Request) -> web.Response:
-        return _json(views.envelope(views.version(self._settings.controller_url)))
+        return json_response(views.envelope(views.version(self._settings.controller_url)))
 
     async def get_cacerts(self, request: web.Request) -> web.Response:
         der = pki.pkcs7_certs_only([self._settings.ca_cert])
@@ -195,7 +176,7 @@ class ControllerApi:
         if "application/x-pem-file" in request.headers.get("Accept", "") and \
                 "json" not in request.headers.get("Accept", ""):
             return web.Response(body=cert.encode(), content_type="application/x-pem-file")
-        return _json(views.envelope({"cert": cert}))
+        return json_response(views.envelope({"cert": cert}))
 
     def _issue(self, csr: x509.CertificateSigningRequest, identity: Identity) -> tuple[str, str]:
         cert = pki.issue_client_cert(csr, identity.id, self._settings.trust_domain,
@@ -217,17 +198,17 @@ class ControllerApi:
                                            else None, ())
         session = self._store.create_api_session(identity, fingerprint, config_types)
         log.info("controller.api_session_created", identity=identity.name)
-        return _json(views.envelope(views.api_session(session, self._clock())))
+        return json_response(views.envelope(views.api_session(session, self._clock())))
 
     async def get_current_api_session(self, request: web.Request) -> web.Response:
         session = self._authenticated(request)
-        return _json(views.envelope(views.api_session(session, self._clock())))
+        return json_response(views.envelope(views.api_session(session, self._clock())))
 
     async def delete_current_api_session(self, request: web.Request) -> web.Response:
         session = self._authenticated(request)
         self._store.delete_api_session(session.id)
         log.info("controller.api_session_deleted", identity=session.identity_name)
-        return _json(views.envelope({}))
+        return json_response(views.envelope({}))
 
     def _identity(self, session: ApiSession) -> Identity:
         identity = self._store.identity_by_id(session.identity_id)
@@ -238,17 +219,17 @@ class ControllerApi:
     async def get_current_identity(self, request: web.Request) -> web.Response:
         session = self._authenticated(request)
         identity = self._identity(session)
-        return _json(views.envelope(views.identity(identity, session.fingerprint)))
+        return json_response(views.envelope(views.identity(identity, session.fingerprint)))
 
     async def get_edge_routers(self, request: web.Request) -> web.Response:
         self._authenticated(request)
         routers = [views.edge_router(router) for router in self._store.routers()]
-        return _json(page(request.query, routers))
+        return json_response(page(request.query, routers))
 
     async def get_service_updates(self, request: web.Request) -> web.Response:
         self._authenticated(request)
         changed = iso_time(self._store.last_change_at())
-        return _json(views.envelope({"lastChangeAt": changed}))
+        return json_response(views.envelope({"lastChangeAt": changed}))
 
     # -- services and sessions ---------------------------------------------------------------
 
@@ -263,7 +244,7 @@ class ControllerApi:
             granted = self._store.permissions(identity, service)
             if granted.kinds and (name is None or service.name == name):
                 visible.append(views.service(service, granted, config_types))
-        return _json(page(request.query, visible))
+        return json_response(page(request.query, visible))
 
     async def post_sessions(self, request: web.Request) -> web.Response:
         api_session = self._authenticated(request)
@@ -288,4 +269,5 @@ class ControllerApi:
         info = self._store.create_session(api_session, service, kind)
         log.info("controller.session_created", identity=identity.name, service=service.name,
                  type=kind)
-        return _json(views.envelope(views.session(info, routers, self._clock())), status=201)
+        return json_response(views.envelope(views.session(info, routers, self._clock())),
+                             status=201)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import ssl
 import stat
 import time
@@ -26,6 +25,7 @@ from aiohttp import web
 
 from tunneler import aio
 from tunneler.errors import ConfigError
+from tunneler.httpserver import HttpListener, json_response
 from tunneler.llmstub import chat
 from tunneler.log import get_logger
 
@@ -56,14 +56,10 @@ class Stats:
     streams_active: int = 0
 
 
-def _json(payload: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(payload).encode(), status=status,
-                        content_type="application/json")
-
-
 def _error(status: int, message: str, *, error_type: str = "invalid_request_error",
            param: str | None = None, code: str | None = None) -> web.Response:
-    return _json(chat.error_body(message, error_type=error_type, param=param, code=code), status)
+    body = chat.error_body(message, error_type=error_type, param=param, code=code)
+    return json_response(body, status)
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
@@ -87,8 +83,7 @@ class LlmStub:
         self._token_delay = token_delay
         self._max_streams = max_streams
         self._clock = clock
-        self._runner: web.AppRunner | None = None
-        self._server: asyncio.Server | None = None
+        self._listener = HttpListener()
 
     def application(self) -> web.Application:
         """The aiohttp application (usable with aiohttp's test server)."""
@@ -105,32 +100,20 @@ class LlmStub:
         Raises:
             ConfigError: the address cannot be bound.
         """
-        self._runner = web.AppRunner(self.application(), access_log=None,
-                                     shutdown_timeout=SHUTDOWN_GRACE,
-                                     keepalive_timeout=KEEPALIVE_TIMEOUT)
-        await self._runner.setup()
-        protocol_factory = self._runner.server
-        assert protocol_factory is not None  # set by setup()
-        handshake_timeout = None if ssl_context is None else TLS_HANDSHAKE_TIMEOUT
         try:
-            self._server = await asyncio.get_running_loop().create_server(
-                protocol_factory, host, port, ssl=ssl_context,
-                ssl_handshake_timeout=handshake_timeout)
+            bound = await self._listener.start(self.application(), host, port, ssl_context,
+                                               keepalive_timeout=KEEPALIVE_TIMEOUT,
+                                               handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                                               shutdown_timeout=SHUTDOWN_GRACE)
         except OSError as exc:
-            await self.close()
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-        bound = int(self._server.sockets[0].getsockname()[1])
         log.info("llmstub.started", host=host, port=bound, tls=ssl_context is not None,
                  token_delay=self._token_delay)
         return bound
 
     async def close(self) -> None:
         """Stop listening; running streams get `SHUTDOWN_GRACE` seconds, then are cancelled."""
-        if self._server is not None:
-            self._server.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-        self._server = self._runner = None
+        await self._listener.close()
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -148,7 +131,7 @@ class LlmStub:
 
     async def get_models(self, request: web.Request) -> web.Response:
         """`GET /v1/models`."""
-        return _json(chat.models_list(int(self._clock())))
+        return json_response(chat.models_list(int(self._clock())))
 
     async def get_model(self, request: web.Request) -> web.Response:
         """`GET /v1/models/{model}`."""
@@ -156,11 +139,11 @@ class LlmStub:
         if name != chat.MODEL_ID:
             return _error(404, f"The model '{name}' does not exist", param="model",
                           code="model_not_found")
-        return _json(chat.model_object(int(self._clock())))
+        return json_response(chat.model_object(int(self._clock())))
 
     async def get_stats(self, request: web.Request) -> web.Response:
         """`GET /stats`: the counters."""
-        return _json(dataclasses.asdict(self.stats))
+        return json_response(dataclasses.asdict(self.stats))
 
     async def post_chat_completions(self, request: web.Request) -> web.StreamResponse:
         """`POST /v1/chat/completions`."""
@@ -174,7 +157,7 @@ class LlmStub:
         created = int(self._clock())
         if not parsed.stream:
             self.stats.completions += 1
-            return _json(chat.completion(completion_id, created, parsed.model, reply))
+            return json_response(chat.completion(completion_id, created, parsed.model, reply))
         if self.stats.streams_active >= self._max_streams:
             log.warning("llmstub.stream_refused", active=self.stats.streams_active)
             return _error(429, "too many concurrent streams", error_type="requests",

@@ -85,24 +85,10 @@ async def _connect_rate(host: str, port: int, seconds: float, workers: int = 16)
     return done / (time.perf_counter() - start)
 
 
-async def _rtt(host: str, port: int, count: int) -> list[float]:
-    reader, writer = await asyncio.open_connection(host, port)
-    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    writer.write(netload.HEADER.pack(b"E", 0))
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        writer.write(b"x")
-        await reader.readexactly(1)
-        samples.append(time.perf_counter() - start)
-    writer.close()
-    return samples
-
-
 async def load(host: str, port: int, size: int, seconds: float) -> dict[str, float]:
     """Every TCP figure against one target."""
     address = socket.getaddrinfo(host, port, socket.AF_INET)[0][4][0]
-    samples = await _rtt(address, port, 2000)
+    samples = await netload.rtt(port, 2000, host=address, nodelay=True)
     return {
         "bulk_1_MBps": await _bulk(address, port, size, 1),
         "bulk_16_MBps": await _bulk(address, port, size, 16),

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import socket
 import statistics
 import struct
 import sys
@@ -29,6 +30,18 @@ CHUNK = 256 * 1024
 BLOCK = os.urandom(CHUNK)
 
 
+async def _send(writer: asyncio.StreamWriter, size: int) -> bytes:
+    """Write `size` bytes of BLOCK (with backpressure); their SHA-256."""
+    digest, left = hashlib.sha256(), size
+    while left:
+        piece = BLOCK[: min(left, CHUNK)]
+        digest.update(piece)
+        writer.write(piece)
+        await writer.drain()
+        left -= len(piece)
+    return digest.digest()
+
+
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         op, size = HEADER.unpack(await reader.readexactly(HEADER.size))
@@ -38,15 +51,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 digest.update(chunk)
             writer.write(digest.digest())
         elif op == b"D":
-            digest = hashlib.sha256()
-            left = size
-            while left:
-                piece = BLOCK[: min(left, CHUNK)]
-                digest.update(piece)
-                writer.write(piece)
-                await writer.drain()
-                left -= len(piece)
-            writer.write(digest.digest())
+            writer.write(await _send(writer, size))
         elif op == b"E":
             while chunk := await reader.read(CHUNK):
                 writer.write(chunk)
@@ -70,17 +75,11 @@ async def upload(port: int, size: int, host: str = "127.0.0.1") -> bool:
     """Upload `size` bytes; True when the server's SHA-256 matches (half-close honoured)."""
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(HEADER.pack(b"U", size))
-    digest, left = hashlib.sha256(), size
-    while left:
-        piece = BLOCK[: min(left, CHUNK)]
-        digest.update(piece)
-        writer.write(piece)
-        await writer.drain()
-        left -= len(piece)
+    digest = await _send(writer, size)
     writer.write_eof()
     answer = await reader.readexactly(32)
     writer.close()
-    return answer == digest.digest()
+    return answer == digest
 
 
 async def download(port: int, size: int, host: str = "127.0.0.1") -> bool:
@@ -122,9 +121,12 @@ async def connect_latency(port: int, count: int) -> list[float]:
     return samples
 
 
-async def rtt(port: int, count: int) -> list[float]:
-    """Round-trip times of 1-byte echoes on one established connection."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def rtt(port: int, count: int, host: str = "127.0.0.1",
+              nodelay: bool = False) -> list[float]:
+    """Round-trip times of 1-byte echoes on one established connection (TCP_NODELAY if asked)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    if nodelay:
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     writer.write(HEADER.pack(b"E", 0))
     samples = []
     for _ in range(count):

@@ -24,6 +24,8 @@ from typing import Any
 
 import yaml
 
+from tunneler.demo.processes import Processes
+
 PYTHON = sys.executable
 STARTUP_TIMEOUT = 30.0
 
@@ -108,21 +110,26 @@ def start_blob_server() -> tuple[ThreadingServer, int]:
 
 @dataclass
 class Overlay:
-    """A running network, hosting tunneler and proxy."""
+    """A running network, hosting tunneler and proxy (`Processes` on this host)."""
 
     directory: Path
-    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     proxy_ports: dict[str, int] = field(default_factory=dict)
     exit_codes: dict[str, int | None] = field(default_factory=dict)
     commands: dict[str, list[str]] = field(default_factory=dict)
+    programs: Processes = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.programs = Processes(self.directory)
+
+    @property
+    def processes(self) -> dict[str, subprocess.Popen[bytes]]:
+        """The running processes by name."""
+        return self.programs.procs
 
     def start(self, name: str, *args: str) -> None:
         """Start a long-running tunneler command, logging to DIR/<name>.log (appending)."""
         self.commands[name] = list(args)
-        log = (self.directory / f"{name}.log").open("ab")
-        self.processes[name] = subprocess.Popen([PYTHON, "-m", "tunneler", *args],
-                                                cwd=self.directory, stdout=log, stderr=log)
-        log.close()
+        self.programs.start_here(name, [PYTHON, "-m", "tunneler", *args], append=True)
 
     def restart(self, name: str) -> None:
         """Stop a process (SIGTERM) and start it again with the same arguments."""
@@ -131,36 +138,21 @@ class Overlay:
 
     def log(self, name: str) -> str:
         """What a process has logged so far."""
-        return (self.directory / f"{name}.log").read_text(errors="replace")
+        return self.programs.log(name)
 
     def wait_for_log(self, name: str, text: str, count: int = 1,
                      timeout: float = STARTUP_TIMEOUT) -> None:
-        """Until the process logged `text` at least `count` times."""
-        deadline = time.monotonic() + timeout
-        while self.log(name).count(text) < count:
-            process = self.processes[name]
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise TimeoutError(f"{name} did not log {text!r}:\n{self.log(name)[-4000:]}")
-            time.sleep(0.05)
+        """Until the process logged `text` at least `count` times (NetnsError if it exits)."""
+        self.programs.wait_log(name, text, count, timeout)
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Signal one process and wait for it (SIGKILL after `timeout`)."""
-        process = self.processes.pop(name)
-        if process.poll() is None:
-            process.send_signal(sig)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self.exit_codes[name] = process.returncode
-        return process.returncode
+        code = self.exit_codes[name] = self.programs.stop(name, sig, timeout)
+        return code
 
     def stop_all(self) -> None:
         """Stop clients first, the network last."""
-        for name in [n for n in self.processes if n != "network"] + ["network"]:
-            if name in self.processes:
-                self.stop(name)
+        self.exit_codes.update(self.programs.stop_all())
 
 
 def build_overlay(directory: Path, services: Sequence[dict[str, Any]], *,

@@ -1,8 +1,10 @@
 """Long-running programs started inside network namespaces, each logging to ``DIR/<name>.log``.
 
-`Processes` is what the demo scenario, the privileged tests' deployments and the benchmarks
-share: start a program by name, wait until its log shows a line (failing early when it exits),
-and stop it (a signal, then SIGKILL after a timeout). Commands are argv lists, never shell strings.
+`Processes` is what the demo scenario, the privileged tests' deployments, the loopback overlay of
+the integration tests and the benchmarks share: start a program by name (in a namespace, or
+with `start_here` in this one), wait until its log shows a line (failing early when it exits),
+and stop it (a signal, then SIGKILL after a timeout), or all of them, the network last.
+Commands are argv lists, never shell strings.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from tunneler.demo.netns import Netns, NetnsError
 
@@ -28,11 +31,23 @@ class Processes:
 
     def start(self, ns: Netns, name: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
         """Start `argv` in `ns` as `name` (stdout and stderr to DIR/<name>.log)."""
-        with (self.dir / f"{name}.log").open("wb") as log:
+        with self._log_file(name, append=False) as log:
             proc: subprocess.Popen[bytes] = ns.popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                                      cwd=self.dir)
         self.procs[name] = proc
         return proc
+
+    def start_here(self, name: str, argv: Sequence[str], *,
+                   append: bool = False) -> subprocess.Popen[bytes]:
+        """Start `argv` in this namespace as `name`; its log is appended to if `append`."""
+        with self._log_file(name, append) as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=self.dir)
+        self.procs[name] = proc
+        return proc
+
+    def _log_file(self, name: str, append: bool) -> BinaryIO:
+        return (self.dir / f"{name}.log").open("ab" if append else "wb")
 
     def log(self, name: str) -> str:
         path = self.dir / f"{name}.log"
@@ -60,3 +75,9 @@ class Processes:
                 proc.kill()
                 proc.wait()
         return proc.returncode
+
+    def stop_all(self) -> dict[str, int]:
+        """Stop every program, `network` last (the others lose their router gracefully)."""
+        order = [name for name in self.procs if name != "network"]
+        order += ["network"] if "network" in self.procs else []
+        return {name: self.stop(name) for name in order}

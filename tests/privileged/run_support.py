@@ -65,6 +65,10 @@ def tcp_intercept(addresses: Sequence[str], port: int) -> dict[str, Any]:
             "portRanges": [{"low": port, "high": port}]}
 
 
+LLM_SERVICE = service("llm", tcp_intercept(["llm.private.test"], 8000),
+                      {"protocol": "tcp", "address": "127.0.0.1", "port": 8000})
+
+
 def policy(services: Sequence[dict[str, Any]]) -> str:
     """The YAML of identities client1/host1, the services and Bind/Dial policies."""
     return yaml.safe_dump({
@@ -96,9 +100,7 @@ class Deployment(Processes):
         return result
 
     def close(self) -> None:
-        for name in [n for n in self.procs if n != "network"] + ["network"]:
-            if name in self.procs:
-                self.stop(name, timeout=10)
+        self.stop_all()
 
     # -- the overlay ----------------------------------------------------------------------------
     def network(self, ns: Netns, hostname: str, listen: str,
@@ -136,6 +138,15 @@ class Deployment(Processes):
         self.start(ns, "host", [*TUNNELER, "run-host", "--identity", str(identity),
                                "--refresh-interval", "1"])
         self.wait_log("host", "host.service_bound", count=bound)
+
+    def llm_behind_host(self, ns: Netns, hostname: str = "localhost",
+                        listen: str = "127.0.0.1") -> None:
+        """The network in `ns` with `LLM_SERVICE` only, the LLM stub on 127.0.0.1:8000 and
+        run-host (host1, enrolled in `ns`) serving it."""
+        self.network(ns, hostname, listen, [LLM_SERVICE])
+        self.start(ns, "llm", [*TUNNELER, "llm-stub", "--listen", "127.0.0.1", "--port", "8000",
+                               "--token-delay", "0.01"])
+        self.run_host(ns, self.enroll(ns, "host1"), bound=1)
 
     def run_client(self, ns: Netns, identity: Path, *extra: str) -> None:
         """`tunneler run` in `ns` with its journal under DIR/run; waits for daemon.ready."""

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.support.wait import eventually
 from tunneler.demo import netns
 from tunneler.demo.scenario import (
     DNS_IP,
@@ -31,14 +31,6 @@ from tunneler.demo.scenario import (
 )
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +90,8 @@ def test_client_cancel_mid_stream_reaches_the_server(scenario: Scenario) -> None
     before = scenario.stub_stats()
     assert before["streams_cancelled"] == 0
     assert json.loads(scenario.client("cancel", "5")) == {"received": 5}
-    eventually(lambda: scenario.stub_stats()["streams_cancelled"] == 1)
+    eventually(lambda: scenario.stub_stats()["streams_cancelled"] == 1, timeout=10,
+               interval=0.1)
     after = scenario.stub_stats()
     assert after["streams_active"] == 0
     assert after["streams_completed"] == before["streams_completed"]

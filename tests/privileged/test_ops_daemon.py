@@ -13,26 +13,17 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.privileged.run_support import TUNNELER, Deployment, service, tcp_intercept
+from tests.privileged.run_support import TUNNELER, Deployment
 from tests.support.netns import NetnsPool
+from tests.support.wait import eventually
 from tunneler.demo.netns import Netns
 
 METRICS = "127.0.0.1:9100"
 FLOWS = 4
-
-
-def eventually(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.25)
 
 
 def http(ns: Netns, path: str) -> tuple[int, str]:
@@ -80,12 +71,12 @@ def check_service_counters(deploy: Deployment, ns: Netns, sock: Path) -> None:
               "time.sleep(60)\n")
     deploy.start(ns, "holder", [sys.executable, "-c", holder])
     deploy.wait_log("holder", "connected")
-    eventually(lambda: intercept_entry(deploy, ns, sock)["active_flows"] == 1)
+    eventually(lambda: intercept_entry(deploy, ns, sock)["active_flows"] == 1, timeout=30)
     code, table = cli(deploy, ns, sock, "intercepts")
     assert code == 0 and table.splitlines()[1].split()[-2:] == ["1", "-"], table
     assert metric(http(ns, "/metrics")[1], "tunneler_service_flows_active", service="llm") == 1
     deploy.stop("holder", signal.SIGKILL)
-    eventually(lambda: intercept_entry(deploy, ns, sock)["active_flows"] == 0)
+    eventually(lambda: intercept_entry(deploy, ns, sock)["active_flows"] == 0, timeout=30)
 
 
 def check_intercepts(deploy: Deployment, ns: Netns, sock: Path) -> None:
@@ -120,7 +111,7 @@ def check_runtime_changes(deploy: Deployment, ns: Netns, sock: Path) -> None:
 def check_router_loss_and_return(deploy: Deployment, ns: Netns, sock: Path) -> None:
     net = deploy.net
     assert deploy.stop("network") == 0
-    eventually(lambda: http(ns, "/ready")[0] == 503)
+    eventually(lambda: http(ns, "/ready")[0] == 503, timeout=30)
     assert "no edge router connected" in http(ns, "/ready")[1]
     code, out = cli(deploy, ns, sock, "status")
     assert code == 1 and "problem: no edge router connected" in out, out
@@ -137,16 +128,11 @@ def test_operate_the_daemon(netns_pool: NetnsPool, tmp_path: Path) -> None:
     deploy = Deployment(tmp_path)
     sock = tmp_path / "control.sock"
     try:
-        deploy.network(ns, "localhost", "127.0.0.1", [service(
-            "llm", tcp_intercept(["llm.private.test"], 8000),
-            {"protocol": "tcp", "address": "127.0.0.1", "port": 8000})])
-        client, host = deploy.enroll(ns, "client1"), deploy.enroll(ns, "host1")
-        deploy.start(ns, "llm", [*TUNNELER, "llm-stub", "--listen", "127.0.0.1",
-                                 "--port", "8000", "--token-delay", "0.01"])
-        deploy.run_host(ns, host, bound=1)
-        deploy.run_client(ns, client, "--control-socket", str(sock), "--metrics-listen", METRICS)
+        deploy.llm_behind_host(ns)
+        deploy.run_client(ns, deploy.enroll(ns, "client1"), "--control-socket", str(sock),
+                          "--metrics-listen", METRICS)
         assert oct(sock.stat().st_mode & 0o777) == "0o660"
-        eventually(lambda: http(ns, "/ready")[0] == 200)
+        eventually(lambda: http(ns, "/ready")[0] == 200, timeout=30)
         code, out = cli(deploy, ns, sock, "status")
         assert code == 0 and ": healthy" in out.splitlines()[0], out
         status = json.loads(cli(deploy, ns, sock, "status", "--json")[1])
@@ -156,7 +142,8 @@ def test_operate_the_daemon(netns_pool: NetnsPool, tmp_path: Path) -> None:
         for _ in range(FLOWS):
             ns.run(["curl", "-sS", "--max-time", "10", "http://llm.private.test:8000/v1/models"])
         check_intercepts(deploy, ns, sock)
-        eventually(lambda: metric(http(ns, "/metrics")[1], "tunneler_flows_total") == FLOWS)
+        eventually(lambda: metric(http(ns, "/metrics")[1], "tunneler_flows_total") == FLOWS,
+                   timeout=30)
         check_service_counters(deploy, ns, sock)
         text = http(ns, "/metrics")[1]
         assert metric(text, "tunneler_ready") == 1

@@ -16,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.privileged.run_support import Deployment, service, tcp_intercept
+from tests.privileged.run_support import Deployment
 from tests.support.netns import NetnsPool
 from tunneler.demo.netns import veth
 
@@ -34,12 +34,7 @@ def test_sidecar_entrypoint_and_app_in_the_same_namespace(netns_pool: NetnsPool,
     deploy = Deployment(tmp_path)
     identity_dir, runtime_dir = tmp_path / "identity", tmp_path / "run"
     try:
-        deploy.network(edge, "edge.test", "0.0.0.0", [service(
-            "llm", tcp_intercept(["llm.private.test"], 8000),
-            {"protocol": "tcp", "address": "127.0.0.1", "port": 8000})])
-        deploy.start(edge, "llm", [sys.executable, "-m", "tunneler", "llm-stub", "--listen",
-                                   "127.0.0.1", "--port", "8000", "--token-delay", "0.01"])
-        deploy.run_host(edge, deploy.enroll(edge, "host1"), bound=1)
+        deploy.llm_behind_host(edge, "edge.test", "0.0.0.0")
 
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
                "TUNNELER_ENROLL_TOKEN": (tmp_path / "client1.jwt").read_text(),

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from tests.privileged.run_support import (
@@ -25,6 +24,7 @@ from tests.privileged.run_support import (
     tcp_intercept,
 )
 from tests.support.netns import NetnsPool
+from tests.support.wait import eventually
 from tunneler.demo.netns import Netns, veth
 
 CLIENT_RESOLV = b"# the user's resolver\nnameserver 198.18.0.2\n"
@@ -64,14 +64,6 @@ SERVICES = [
             {"protocol": "udp", "address": "127.0.0.1", "port": 9999}),
 ]
 EXTRA = service("extra", tcp_intercept(["extra.private.test"], 8000), LLM)
-
-
-def eventually(check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.25)
 
 
 def curl(ns: Netns, url: str) -> tuple[int, str]:

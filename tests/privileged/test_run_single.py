@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.privileged.run_support import TUNNELER, Deployment, links, service, tcp_intercept
+from tests.privileged.run_support import Deployment, links
 from tests.support.netns import NetnsPool
 
 RESOLV = b"nameserver 127.0.0.1\n"
@@ -16,14 +16,8 @@ def test_curl_by_name_through_our_dns_and_clean_exit(netns_pool: NetnsPool,
     ns = netns_pool.new(resolv_conf=RESOLV.decode())
     deploy = Deployment(tmp_path)
     try:
-        deploy.network(ns, "localhost", "127.0.0.1", [service(
-            "llm", tcp_intercept(["llm.private.test"], 8000),
-            {"protocol": "tcp", "address": "127.0.0.1", "port": 8000})])
-        client, host = deploy.enroll(ns, "client1"), deploy.enroll(ns, "host1")
-        deploy.start(ns, "llm", [*TUNNELER, "llm-stub", "--listen", "127.0.0.1",
-                                 "--port", "8000", "--token-delay", "0.01"])
-        deploy.run_host(ns, host, bound=1)
-        deploy.run_client(ns, client)
+        deploy.llm_behind_host(ns)
+        deploy.run_client(ns, deploy.enroll(ns, "client1"))
         assert ns.etc_file("resolv.conf").read_bytes().splitlines()[1] == b"nameserver 100.64.0.2"
         result = ns.run(["curl", "-sS", "--max-time", "10", "http://llm.private.test:8000/v1/models"])
         assert '"object"' in result.stdout and "list" in result.stdout

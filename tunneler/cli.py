@@ -76,6 +76,11 @@ def _ops_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             parser.add_argument("level", choices=["trace", "debug", "info", "warning", "error"])
 
 
+def _add_refresh_interval(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--refresh-interval", type=float, default=60.0,
+                        help="seconds between service list refreshes (default 60)")
+
+
 def _run_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = _add(sub, "run", "tunneler.daemon:cmd_run",
                "intercept mode: TUN device, DNS for service names, every flow over the overlay "
@@ -91,8 +96,7 @@ def _run_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                      help="leave the system resolver configuration alone")
     run.add_argument("--dns-route-all", action="store_true",
                      help="systemd-resolved: route every name to us (~.), not only intercepts")
-    run.add_argument("--refresh-interval", type=float, default=60.0,
-                     help="seconds between service list refreshes (default 60)")
+    _add_refresh_interval(run)
     run.add_argument("--mtu", type=int, default=65000)
     run.add_argument("--runtime-dir", default="/run/tunneler", help="directory of journal.json")
     run.add_argument("--resolv-conf", default="/etc/resolv.conf")
@@ -121,8 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "host mode: bind services (host.v1) and connect each flow to its endpoint")
     host.add_argument("--identity", action="append", default=[], help="identity JSON (repeatable)")
     host.add_argument("--identity-dir", help="load every *.json identity in this directory")
-    host.add_argument("--refresh-interval", type=float, default=60.0,
-                      help="seconds between service list refreshes (default 60)")
+    _add_refresh_interval(host)
     host.add_argument("--log-level", default="info")
     add_ops_arguments(host)
 
@@ -130,8 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                  "proxy mode: listen locally and dial SERVICE for every accepted connection")
     proxy.add_argument("--identity", required=True)
     proxy.add_argument("bindings", nargs="+", metavar="SERVICE=[HOST:]PORT")
-    proxy.add_argument("--refresh-interval", type=float, default=60.0,
-                       help="seconds between service list refreshes (default 60)")
+    _add_refresh_interval(proxy)
     proxy.add_argument("--log-level", default="info")
 
     _run_command(sub)

@@ -380,12 +380,6 @@ def intercept_of(configs: Mapping[str, object], service: str) -> InterceptV1 | N
 
 
 def host_of(configs: Mapping[str, object], service: str) -> HostV1 | None:
-    """The `host.v1` of `service`'s `configs`, else its converted `ziti-tunneler-server.v1`.
-
-    None when it has neither.
-
-    Raises:
-        ConfigError: the config is invalid (the path starts with the service name).
-    """
+    """As `intercept_of`, for `host.v1` and the legacy `ziti-tunneler-server.v1`."""
     return _current_or_legacy(configs, service, (HOST_V1, parse_host),
                               (TUNNELER_SERVER_V1, parse_tunneler_server))

@@ -8,6 +8,7 @@ from ipaddress import IPv4Address
 from engine_support import DNS_IP, TUN_IP, StaticContext, running_engine, service
 from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import ICMP, IP, TCP, UDP
+from structlog.testing import capture_logs
 
 from tunneler.engine.engine import Engine
 from tunneler.engine.limits import Limits
@@ -167,9 +168,12 @@ def test_handler_exception_is_counted_and_the_next_packet_is_served() -> None:
             engine.udp.handle = explode  # type: ignore[method-assign]
             await kernel.send(bytes(IP(src=TUN_IP, dst="198.51.100.9") / UDP(
                 sport=5000, dport=9001) / b"ping"))
-            await kernel.send(syn("198.51.100.1", 80))
-            assert_rst_for(await kernel.recv(), "198.51.100.1", 80)
+            with capture_logs() as logs:
+                await kernel.send(syn("198.51.100.1", 80))
+                assert_rst_for(await kernel.recv(), "198.51.100.1", 80)
             assert engine.stats.counters["handler_errors"] == 1
+            failed = [e for e in logs if e["event"] == "engine.packet_handler_failed"]
+            assert len(failed) == 1 and isinstance(failed[0]["exc_info"], RuntimeError)
 
     asyncio.run(main())
 

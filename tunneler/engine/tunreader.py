@@ -73,6 +73,6 @@ class TunPump:
             self.stats.count("tun_packets_in")
             try:
                 handler(view[:size])
-            except Exception as exc:  # noqa: BLE001  (one bad packet must never stop the loop)
+            except Exception as exc:  # noqa: BLE001  (boundary: one packet must never stop the loop)
                 self.stats.count("handler_errors")
-                self.stats.warn("engine.packet_handler_failed", error=repr(exc))
+                self.stats.warn("engine.packet_handler_failed", error=repr(exc), exc_info=exc)

@@ -28,6 +28,7 @@ API:
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -68,10 +69,8 @@ class InterceptAddress:
     @classmethod
     def parse(cls, text: str) -> InterceptAddress:
         """Parse an address string from a config (raises ``ConfigError``)."""
-        try:
+        with contextlib.suppress(ValueError):  # not a network: a hostname or wildcard
             return cls(network=ip_network(text, strict=False))
-        except ValueError:
-            pass
         if text.startswith("*."):
             domain = normalize_hostname(text[2:])
             if domain is not None:

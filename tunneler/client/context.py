@@ -14,6 +14,7 @@ controller that went away shows within one refresh interval).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import itertools
 import random
@@ -122,11 +123,9 @@ class ZitiContext:
                 delay = backoff.failed()
                 log.warning("context.start_failed", identity=self.identity.name_hint,
                             error=str(exc), retry_in=round(delay, 2))
-            try:
+            with contextlib.suppress(TimeoutError):  # the retry delay passed
                 async with asyncio.timeout(delay):
                     await stop.wait()
-            except TimeoutError:
-                pass
         return False
 
     async def close(self) -> None:

@@ -188,8 +188,8 @@ class ControlServer:
                 await self._requests(reader, writer)
             finally:
                 self._clients -= 1
-        except (OSError, TimeoutError, asyncio.IncompleteReadError):
-            pass
+        except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            log.debug("control.client_dropped", error=repr(exc))
         finally:
             writer.close()
 

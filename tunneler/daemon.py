@@ -41,7 +41,6 @@ from tunneler.tun.route_plan import DEFAULT_MTU, desired_config, validate_interc
 
 log = get_logger("daemon")
 
-SHUTDOWN_STEP_TIMEOUT = 5.0
 CONTEXT_CLOSE_TIMEOUT = 5.0
 
 

@@ -214,11 +214,6 @@ class ControllerClient:
                                       parse_time(data.get("expiresAt")))
         return self.api_session
 
-    async def current_identity(self) -> dict[str, Any]:
-        """`GET /current-identity`."""
-        data: dict[str, Any] = (await self._call("GET", "/current-identity"))["data"]
-        return data
-
     async def _paged(self, path: str, params: dict[str, Any] | None = None) -> list[Any]:
         items: list[Any] = []
         for _ in range(MAX_PAGES):

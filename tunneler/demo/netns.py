@@ -178,10 +178,6 @@ class Netns:
     def ruleset(self) -> str:
         return self.run(["nft", "list", "ruleset"]).stdout
 
-    def pids(self) -> list[int]:
-        """Every process living in the namespace (ours or not)."""
-        return pids_in(self.name)
-
     def delete(self) -> None:
         """Kill every process inside, delete the namespace and its /etc/netns directory."""
         for proc in self._procs:

@@ -14,3 +14,5 @@ How the daemon wires it (reliability.md §3.3-3.4)::
     tun.close()                                           # the kernel drops link and routes
     cleanup.rollback(journal)                             # undo the rest, remove the journal
 """
+
+from __future__ import annotations

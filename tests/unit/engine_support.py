@@ -43,6 +43,7 @@ class StaticContext:
         self.services = {s.name: s for s in services}
         self._name = name
         self.dials: list[tuple[str, dict[str, str | int | None] | None, float]] = []
+        self.terminators: list[str | None] = []
         self.gate: asyncio.Event | None = None
 
     @property
@@ -51,8 +52,10 @@ class StaticContext:
 
     async def dial(self, service_name: str, sink: EdgeSink, *,
                    app_data: dict[str, str | int | None] | None = None,
+                   terminator_identity: str | None = None,
                    timeout: float = 5.0) -> EdgeConnection:
         self.dials.append((service_name, app_data, timeout))
+        self.terminators.append(terminator_identity)
         if self.gate is not None:
             await self.gate.wait()
         raise DialError(f"service {service_name!r} has no terminators")

@@ -39,7 +39,8 @@ def llm_context() -> StaticContext:
     return StaticContext([service("llm", ["llm.private.test"], 8000),
                           service("net", ["198.51.100.0/24"], 9000, 9010,
                                   protocols=("tcp", "udp"), sourceIp="$tunneler_id.name",
-                                  dialOptions={"connectTimeoutSeconds": 2}),
+                                  dialOptions={"connectTimeoutSeconds": 2,
+                                               "identity": "host-$dst_ip"}),
                           service("precise", ["198.51.100.7"], 9005)])
 
 
@@ -95,6 +96,8 @@ def test_most_precise_address_intercept_wins_and_source_ip_template_expands() ->
             net = next(d for d in ctx.dials if d[0] == "net")
             assert net[1] is not None and net[1]["source_addr"] == "client1"
             assert net[2] == 2.0  # dialOptions.connectTimeoutSeconds
+            by_service = dict(zip((d[0] for d in ctx.dials), ctx.terminators, strict=True))
+            assert by_service == {"net": "host-198.51.100.8", "precise": None}  # 1006 header
 
     asyncio.run(main())
 

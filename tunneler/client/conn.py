@@ -185,8 +185,12 @@ class EdgeConnection(LinkHandler):
 
 async def dial(link: RouterLink, conn_id: int, session_token: str, caller_id: str,
                sink: EdgeSink, *, encrypted: bool, app_data: bytes | None = None,
+               terminator_identity: str | None = None,
                timeout: float = DIAL_TIMEOUT) -> EdgeConnection:
     """Connect to a service over `link` (openziti-protocol.md §3.5).
+
+    `terminator_identity` (header 1006) asks the router for the terminator bound with that
+    identity (a host's `listenOptions.identity`), as `dialOptions.identity` does in OpenZiti.
 
     Raises:
         InvalidSessionError: the router rejected the session token (get a new one, retry).
@@ -195,7 +199,8 @@ async def dial(link: RouterLink, conn_id: int, session_token: str, caller_id: st
     keys = crypto.KeyPair.generate() if encrypted else None
     conn = EdgeConnection(link, conn_id, sink)
     message = edge.connect(conn_id, session_token, caller_id,
-                           public_key=None if keys is None else keys.public, app_data=app_data)
+                           public_key=None if keys is None else keys.public, app_data=app_data,
+                           terminator_identity=terminator_identity)
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def on_reply(reply: Message | None) -> None:

@@ -302,6 +302,7 @@ class ZitiContext:
     # -- dial ------------------------------------------------------------------------------
     async def dial(self, service_name: str, sink: EdgeSink, *,
                    app_data: dict[str, str | int | None] | None = None,
+                   terminator_identity: str | None = None,
                    timeout: float = DIAL_TIMEOUT) -> EdgeConnection:
         """Open a connection to a service; `sink` receives its data.
 
@@ -310,7 +311,8 @@ class ZitiContext:
         """
         try:
             async with asyncio.timeout(timeout):
-                return await self._dial(service_name, sink, app_data, timeout)
+                return await self._dial(service_name, sink, app_data, terminator_identity,
+                                        timeout)
         except TimeoutError:
             raise DialError(f"dial {service_name!r} timed out after {timeout:g}s") from None
         except ControllerError as exc:
@@ -318,7 +320,7 @@ class ZitiContext:
 
     async def _dial(self, service_name: str, sink: EdgeSink,
                     app_data: dict[str, str | int | None] | None,
-                    timeout: float) -> EdgeConnection:
+                    terminator_identity: str | None, timeout: float) -> EdgeConnection:
         service = await self.service(service_name)
         if "Dial" not in service.permissions:
             raise DialError(f"{self.name} may not dial service {service_name!r}")
@@ -332,7 +334,7 @@ class ZitiContext:
             try:
                 return await dial(link, self.next_conn_id(), session.token, self.name, sink,
                                   encrypted=service.encryption_required, app_data=encoded,
-                                  timeout=timeout)
+                                  terminator_identity=terminator_identity, timeout=timeout)
             except InvalidSessionError:
                 log.info("context.dial_session_rejected", service=service_name)
                 self._dial_sessions.pop(service.id, None)

@@ -28,11 +28,12 @@ async def dial_flow(match: Match, sink: EdgeSink, proto: str, key: OriginalDesti
                     stats: Stats, counters: ops_stats.Stats) -> bool:
     """Dial the service of ``match`` for flow ``key``; False (counted, logged) if it failed."""
     target = match.target
-    app_data = match.app_data(proto, key.src_ip, key.src_port, key.dst_ip, key.dst_port)
+    flow = (proto, key.src_ip, key.src_port, key.dst_ip, key.dst_port)
     started = time.perf_counter()
     try:
         await target.context.dial(target.service, sink, timeout=target.connect_timeout,
-                                  app_data=app_data)
+                                  app_data=match.app_data(*flow),
+                                  terminator_identity=match.terminator_identity(*flow))
     except (TunnelerError, OSError, TimeoutError) as exc:  # refuses this flow only
         stats.count(f"{proto}_dials_failed")
         stats.warn(f"engine.{proto}_dial_failed", service=target.service, error=str(exc))

@@ -44,6 +44,7 @@ class DialContext(Protocol):
 
     async def dial(self, service_name: str, sink: EdgeSink, *,
                    app_data: dict[str, str | int | None] | None = None,
+                   terminator_identity: str | None = None,
                    timeout: float = ...) -> EdgeConnection: ...
 
 
@@ -67,12 +68,24 @@ class Match:
     def app_data(self, proto: str, src: int, src_port: int, dst: int,
                  dst_port: int) -> dict[str, str | int | None]:
         """The app data of the dial (openziti-protocol.md §6.5), with ``sourceIp`` expanded."""
-        flow = FlowAddresses(proto, str(IPv4Address(src)), src_port, str(IPv4Address(dst)),
+        flow = self._flow(proto, src, src_port, dst, dst_port)
+        return dict(build_app_data(flow, self._expand(self.intercept.source_ip, flow)))
+
+    def terminator_identity(self, proto: str, src: int, src_port: int, dst: int,
+                            dst_port: int) -> str | None:
+        """``dialOptions.identity`` expanded for this flow: the terminator to ask for."""
+        flow = self._flow(proto, src, src_port, dst, dst_port)
+        return self._expand(self.intercept.dial_identity, flow) or None
+
+    def _flow(self, proto: str, src: int, src_port: int, dst: int,
+              dst_port: int) -> FlowAddresses:
+        return FlowAddresses(proto, str(IPv4Address(src)), src_port, str(IPv4Address(dst)),
                              dst_port, self.hostname)
-        template = self.intercept.source_ip
-        source = None if template is None else expand_template(
-            template, flow, self.target.context.name, {})
-        return dict(build_app_data(flow, source))
+
+    def _expand(self, template: str | None, flow: FlowAddresses) -> str | None:
+        if template is None:
+            return None
+        return expand_template(template, flow, self.target.context.name, {})
 
 
 def _as_intercept_v1(config: InterceptV1) -> dict[str, Any]:

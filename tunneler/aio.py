@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -26,8 +27,18 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one (every flow holds a descriptor)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.debug("process.fd_limit_raised", soft=soft, limit=hard)
+    return hard
+
+
 def run(main: MainFunction) -> int:
     """Run `main(stop_event)` to completion and return its exit code (130 if forced)."""
+    raise_fd_limit()
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         try:
             return runner.run(_with_signals(main))

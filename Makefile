@@ -34,6 +34,7 @@ bench: deps
 	$(BIN)/python bench/overlay.py
 	$(BIN)/python bench/intercept.py
 	$(BIN)/python bench/scenario.py
+	$(BIN)/python bench/memory.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -168,6 +168,75 @@ def test_dns_over_tcp_framing_answers_each_message() -> None:
     asyncio.run(main())
 
 
+class TruncatingResolver:
+    """A loopback resolver whose big answer (40 A records) only fits over TCP: UDP gets TC."""
+
+    def __init__(self) -> None:
+        self.udp_queries = 0
+        self.tcp_queries = 0
+
+    def answer(self, data: bytes, *, truncated: bool) -> bytes:
+        request = DNS(data)
+        records = [] if truncated else [
+            DNSRR(rrname=request.qd[0].qname, ttl=5, rdata=f"192.0.2.{i}") for i in range(40)]
+        return bytes(DNS(id=request.id, qr=1, rd=1, ra=1, tc=int(truncated), qd=request.qd,
+                         an=records))
+
+    def datagram_received(self, transport: asyncio.DatagramTransport, data: bytes,
+                          addr: tuple[str, int]) -> None:
+        self.udp_queries += 1
+        transport.sendto(self.answer(data, truncated=True), addr)
+
+    async def serve_tcp(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+        self.tcp_queries += 1
+        reply = self.answer(await reader.readexactly(size), truncated=False)
+        writer.write(len(reply).to_bytes(2, "big") + reply)
+        await writer.drain()
+        writer.close()
+
+
+def test_truncated_answers_are_fetched_over_tcp_and_tcp_queries_go_over_tcp() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stub = TruncatingResolver()
+        server = await asyncio.start_server(stub.serve_tcp, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        class Udp(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = cast(asyncio.DatagramTransport, transport)
+
+            def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+                stub.datagram_received(self.transport, data, (str(addr[0]), int(str(addr[1]))))
+
+        udp, _ = await loop.create_datagram_endpoint(Udp, local_addr=("127.0.0.1", port))
+        try:
+            async with running_engine(contexts(), upstreams=[("127.0.0.1", port)]) as (
+                    engine, kernel):
+                await kernel.send(query("big.example.org", ident=3))
+                reply = IP(await kernel.recv(3))
+                assert reply[DNS].id == 3 and reply[DNS].ancount == 40
+                assert (stub.udp_queries, stub.tcp_queries) == (1, 1)
+                assert engine.stats.counters["dns_truncated_retried_over_tcp"] == 1
+                sent: list[bytes] = []
+                message = bytes(IP(query("big.example.org", ident=4))[DNS])
+                engine.dns.answer(message, loop.time(), sent.append, tcp=True)
+                for _ in range(100):
+                    if sent:
+                        break
+                    await asyncio.sleep(0.02)
+                assert DNS(sent[0]).ancount == 40
+                assert (stub.udp_queries, stub.tcp_queries) == (1, 2)  # straight to TCP
+        finally:
+            udp.close()
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
 def test_parse_upstream_forms() -> None:
     assert parse_upstream("198.18.0.53") == ("198.18.0.53", 53)
     assert parse_upstream("198.18.0.53:5353") == ("198.18.0.53", 5353)

@@ -5,7 +5,9 @@ Queries go to the sans-IO ``DnsResponder``. ``Reply`` is sent back; ``Drop`` is 
 connected UDP socket (a random source port per query, so replies cannot be spoofed by guessing
 one), upstreams tried in order within ``Limits.dns_upstream_timeout`` (5 s) in total. An answer
 is relayed unchanged once ``check_upstream_reply`` accepted it (stray or mismatched datagrams
-are ignored); no answer gives SERVFAIL. At most ``Limits.max_dns_in_flight`` (150) forwarded
+are ignored); no answer gives SERVFAIL. A truncated UDP answer (TC set) is asked again over
+TCP, and a query that came over TCP is forwarded over TCP (RFC 7766), so large answers arrive
+whole. At most ``Limits.max_dns_in_flight`` (150) forwarded
 queries are in flight; beyond that the newest gets SERVFAIL at once (counted).
 
 UDP answers become packets ``DNS_IP:53 -> client`` written into the TUN. DNS over TCP
@@ -39,6 +41,8 @@ from tunneler.packet.build import build_udp4
 from tunneler.packet.parse import Parsed
 
 DNS_PORT = 53
+TC_FLAG = 0x02  # in the third byte of the header
+MAX_TCP_ANSWER = 65535
 TCP_IDLE_TIMEOUT = 10.0
 TCP_BUFFER_CAP = 2 * (2 + MAX_QUERY)
 _LENGTH = struct.Struct("!H")
@@ -117,7 +121,7 @@ class DnsServer:
 
         self.answer(query, now, send)
 
-    def answer(self, query: bytes, now: float, send: Send) -> None:
+    def answer(self, query: bytes, now: float, send: Send, *, tcp: bool = False) -> None:
         """Decide about one query and send the answer (now, or when the upstream replied)."""
         outcome: Outcome = self.responder.handle(query, now)
         if isinstance(outcome, Reply):
@@ -125,9 +129,9 @@ class DnsServer:
         elif isinstance(outcome, Drop):
             self.stats.count(f"dns_dropped_{outcome.reason}")
         elif isinstance(outcome, Forward):
-            self._forward(outcome.query, send)
+            self._forward(outcome.query, send, tcp)
 
-    def _forward(self, query: bytes, send: Send) -> None:
+    def _forward(self, query: bytes, send: Send, tcp: bool) -> None:
         if self.in_flight >= self.limits.max_dns_in_flight:
             self.stats.count("dns_refused_in_flight_cap")
             failure = servfail_for(query)
@@ -135,13 +139,13 @@ class DnsServer:
                 send(failure)
             return
         self.in_flight += 1
-        task = asyncio.get_running_loop().create_task(self._relay(query, send))
+        task = asyncio.get_running_loop().create_task(self._relay(query, send, tcp))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _relay(self, query: bytes, send: Send) -> None:
+    async def _relay(self, query: bytes, send: Send, tcp: bool) -> None:
         try:
-            reply = await self._ask_upstreams(query)
+            reply = await self._ask_upstreams(query, tcp)
         finally:
             self.in_flight -= 1
         if reply is None:
@@ -152,14 +156,41 @@ class DnsServer:
         if reply is not None:
             send(reply)
 
-    async def _ask_upstreams(self, query: bytes) -> bytes | None:
+    async def _ask_upstreams(self, query: bytes, tcp: bool) -> bytes | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.dns_upstream_timeout
         for index, upstream in enumerate(self.upstreams):
-            share = (deadline - loop.time()) / (len(self.upstreams) - index)
-            reply = await self._ask(upstream, query, share)
+            left = len(self.upstreams) - index
+            if tcp:
+                reply = await self._ask_tcp(upstream, query, (deadline - loop.time()) / left)
+            else:
+                reply = await self._ask(upstream, query, (deadline - loop.time()) / left)
+                if reply is not None and reply[2] & TC_FLAG:  # truncated: ask again over TCP
+                    self.stats.count("dns_truncated_retried_over_tcp")
+                    share = (deadline - loop.time()) / left
+                    reply = await self._ask_tcp(upstream, query, share) or reply
             if reply is not None:
                 return reply
+        return None
+
+    async def _ask_tcp(self, upstream: Upstream, query: bytes, timeout: float) -> bytes | None:
+        """One query over TCP to `upstream` (length-prefixed), checked like a UDP answer."""
+        try:
+            async with asyncio.timeout(max(timeout, 0.0)):
+                reader, writer = await asyncio.open_connection(*upstream)
+                try:
+                    writer.write(_LENGTH.pack(len(query)) + query)
+                    size = _LENGTH.unpack(await reader.readexactly(2))[0]
+                    data = await reader.readexactly(min(size, MAX_TCP_ANSWER))
+                finally:
+                    writer.close()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
+            self.stats.count("dns_upstream_tcp_failed")
+            return None
+        outcome = check_upstream_reply(query, data, self.forbidden)
+        if isinstance(outcome, Reply):
+            return outcome.data
+        self.stats.count(f"dns_{outcome.reason}")
         return None
 
     async def _ask(self, upstream: Upstream, query: bytes, timeout: float) -> bytes | None:
@@ -228,7 +259,7 @@ class DnsTcpProtocol(asyncio.Protocol):
                 break
             query = bytes(self._buffer[2:2 + size])
             del self._buffer[:2 + size]
-            self.server.answer(query, now, self._send)
+            self.server.answer(query, now, self._send, tcp=True)
 
     def _send(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -37,11 +37,17 @@ from tunneler.ops.views import InterceptView
 from tunneler.tun import cleanup, routes
 from tunneler.tun.device import LinuxTun
 from tunneler.tun.journal import Journal, Step, journal_path
-from tunneler.tun.route_plan import DEFAULT_MTU, desired_config, validate_intercepts
+from tunneler.tun.route_plan import (
+    DEFAULT_MTU,
+    RoutePlan,
+    desired_config,
+    validate_intercepts,
+)
 
 log = get_logger("daemon")
 
 CONTEXT_CLOSE_TIMEOUT = 5.0
+RECONCILE_INTERVAL = 5.0  # seconds between checks that our routes and resolver lines are intact
 
 
 @dataclass(frozen=True)
@@ -146,7 +152,7 @@ class Daemon:
                 log.info("daemon.ready", tun=self.config.tun_name,
                          dns_ip=str(self.pool.dns_ip), identities=len(self.contexts),
                          upstreams=[f"{h}:{p}" for h, p in upstreams])
-                await stop.wait()
+                await self._reconcile_until(stop)
         finally:
             ops.stopping()
             await self._stop()
@@ -196,14 +202,33 @@ class Daemon:
             networks.append(str(network))
         return networks
 
-    async def _apply_routes(self) -> None:
+    async def _reconcile_until(self, stop: asyncio.Event) -> None:
+        """Every few seconds, put back routes or resolver lines that something else removed
+        (another tool, a DHCP client rewriting resolv.conf): setup is idempotent."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECONCILE_INTERVAL):
+                    await stop.wait()
+            if stop.is_set():
+                return
+            try:
+                plan = await self._apply_routes()
+                if not plan.empty:
+                    log.warning("daemon.routes_restored", added=len(plan.add_routes),
+                                addresses=len(plan.add_addresses))
+                if self.resolver is not None:
+                    await asyncio.to_thread(self.resolver.reclaim)
+            except (TunnelerError, OSError) as exc:
+                log.error("daemon.reconcile_failed", error=str(exc))
+
+    async def _apply_routes(self) -> RoutePlan:
         desired = desired_config(
             tun_name=self.config.tun_name,
             addresses=[f"{self.pool.tun_ip}/{self.pool.network.prefixlen}"],
             vip_cidr=str(self.pool.network), intercepts=self._intercept_networks(),
             excluded=self.excluded, mtu=self.config.mtu)
         async with self._routes_lock:
-            await asyncio.to_thread(routes.configure, desired, self.journal)
+            return await asyncio.to_thread(routes.configure, desired, self.journal)
 
     def _domains(self) -> list[str]:
         assert self.engine is not None

@@ -183,3 +183,20 @@ def test_no_dns_config_leaves_everything_alone(tmp_path: Path) -> None:
     resolver.apply()
     resolver.revert()
     assert path.read_bytes() == ORIGINAL
+
+
+def test_reclaim_puts_our_header_over_a_rewritten_file_once(tmp_path: Path) -> None:
+    path = tmp_path / "resolv.conf"
+    path.write_bytes(ORIGINAL)
+    resolver = SystemResolver(Method.FILE, link="tunneler0", dns_ip="100.64.0.2",
+                              resolv_conf=path)
+    resolver.apply()
+    assert resolver.reclaim() is False  # still ours: nothing to do
+    rewritten = b"# from a DHCP client\nnameserver 192.0.2.53\n"
+    path.write_bytes(rewritten)
+    assert resolver.reclaim() is True
+    assert parse_nameservers(path.read_text())[0] == "100.64.0.2"
+    assert resolver.reclaim() is False
+    resolver.revert()
+    assert path.read_bytes() == rewritten  # the newer original is what comes back
+    assert SystemResolver(Method.NONE, link="x", dns_ip="100.64.0.2").reclaim() is False

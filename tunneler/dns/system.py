@@ -271,6 +271,24 @@ class SystemResolver:
         else:
             log.info("dns.system_config_skipped", reason="--no-dns-config")
 
+    def reclaim(self) -> bool:
+        """Put our resolv.conf header back if something rewrote the file; True if it did.
+
+        What the other writer left becomes the new original (restored on exit). Only the
+        resolv.conf method is checked: resolved's per-link settings vanish only with the link.
+        """
+        if self.method is not Method.FILE:
+            return False
+        try:
+            current = _read_capped(self.resolv_conf)
+        except OSError:
+            current = b""
+        if strip_ours(current) is not None:
+            return False
+        install_resolv_conf(self.resolv_conf, self.dns_ip)
+        log.warning("dns.resolv_conf_reclaimed", path=str(self.resolv_conf))
+        return True
+
     def revert(self) -> None:
         if self.method is Method.RESOLVED:
             revert_resolved_link(self.link)

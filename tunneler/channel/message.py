@@ -140,6 +140,28 @@ def decode_headers(block: bytes | memoryview) -> dict[int, bytes]:
     return headers
 
 
+def read_prefix(buf: bytes | bytearray | memoryview, offset: int, max_headers_len: int,
+                max_body_len: int) -> tuple[int, int, int, int] | None:
+    """The checked prefix at `offset`: (content type, sequence, headers length, body length).
+
+    None while fewer than 20 bytes are there; FrameError for a bad magic or a length over its
+    cap, decided before anything of the frame's payload is buffered.
+    """
+    available = len(buf) - offset
+    if available < PREFIX_LEN:
+        if available and not MAGIC.startswith(bytes(buf[offset : offset + 4])):
+            raise FrameError("bad magic")
+        return None
+    magic, content_type, sequence, hlen, blen = PREFIX.unpack_from(buf, offset)
+    if magic != MAGIC:
+        raise FrameError(f"bad magic {magic.hex()}")
+    if hlen > max_headers_len:
+        raise FrameError(f"headers length {hlen} over cap {max_headers_len}")
+    if blen > max_body_len:
+        raise FrameError(f"body length {blen} over cap {max_body_len}")
+    return content_type, sequence, hlen, blen
+
+
 class FrameDecoder:
     """Incremental decoder: feed bytes, get whole messages. Caps are checked before buffering.
 
@@ -193,18 +215,10 @@ class FrameDecoder:
         return messages
 
     def _parse_at(self, view: memoryview, offset: int) -> tuple[Message, int] | None:
-        available = len(view) - offset
-        if available < PREFIX_LEN:
-            if available and not MAGIC.startswith(bytes(view[offset : offset + 4])):
-                raise FrameError("bad magic")
+        prefix = read_prefix(view, offset, self._max_headers_len, self._max_body_len)
+        if prefix is None:
             return None
-        magic, content_type, sequence, hlen, blen = PREFIX.unpack_from(view, offset)
-        if magic != MAGIC:
-            raise FrameError(f"bad magic {magic.hex()}")
-        if hlen > self._max_headers_len:
-            raise FrameError(f"headers length {hlen} over cap {self._max_headers_len}")
-        if blen > self._max_body_len:
-            raise FrameError(f"body length {blen} over cap {self._max_body_len}")
+        content_type, sequence, hlen, blen = prefix
         start = offset + PREFIX_LEN
         end = start + hlen + blen
         if len(view) < end:

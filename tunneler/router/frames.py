@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import struct
 
-from tunneler.channel.message import MAGIC, PREFIX, PREFIX_LEN
+from tunneler.channel.message import PREFIX_LEN, read_prefix
 from tunneler.edge.messages import CONN_ID_HEADER
-from tunneler.errors import FrameError
 
 _HEADER = struct.Struct("<iI")
 _HLEN = struct.Struct("<I")
@@ -40,19 +39,11 @@ class FrameSplitter:
     def next_frame(self) -> tuple[int, bytes] | None:
         """The next whole frame as (content type, frame bytes), or None; raises FrameError."""
         buf, offset = self._buf, self._offset
-        available = len(buf) - offset
-        if available < PREFIX_LEN:
-            if available and not MAGIC.startswith(bytes(buf[offset : offset + 4])):
-                raise FrameError("bad magic")
+        prefix = read_prefix(buf, offset, self.max_headers_len, self.max_body_len)
+        if prefix is None:
             self._compact()
             return None
-        magic, content_type, _seq, hlen, blen = PREFIX.unpack_from(buf, offset)
-        if magic != MAGIC:
-            raise FrameError(f"bad magic {magic.hex()}")
-        if hlen > self.max_headers_len:
-            raise FrameError(f"headers length {hlen} over cap {self.max_headers_len}")
-        if blen > self.max_body_len:
-            raise FrameError(f"body length {blen} over cap {self.max_body_len}")
+        content_type, _seq, hlen, blen = prefix
         end = offset + PREFIX_LEN + hlen + blen
         if end > len(buf):
             self._compact()

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: deps demo test lint unit bench clean
+.PHONY: deps sysdeps demo test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,11 @@ $(STAMP): pyproject.toml
 
 deps: $(STAMP)
 
-# demo.sh installs the system packages first (python3-venv among them), then runs `make deps`.
+# Debian packages used by the demo and the privileged tests (installed when root with apt-get).
+sysdeps:
+	bash scripts/system-deps.sh
+
+# demo.sh installs the system packages first (scripts/system-deps.sh), then runs `make deps`.
 demo:
 	bash scripts/demo.sh
 
@@ -23,7 +27,7 @@ lint: deps
 	$(BIN)/ruff check tunneler tests bench
 	$(BIN)/mypy
 
-test: lint
+test: sysdeps lint
 	$(BIN)/python -m pytest
 
 unit: deps

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The private-LLM demo (`make demo`): as root, installs the system packages it needs if missing
-# (iproute2, nftables, dnsutils, curl, python3-venv), creates the project's venv (`make deps`),
+# (scripts/system-deps.sh), creates the project's venv (`make deps`),
 # then runs `python -m tunneler.demo` with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,17 +10,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-missing=()
-command -v ip >/dev/null || missing+=(iproute2)
-command -v nft >/dev/null || missing+=(nftables)
-command -v dig >/dev/null || missing+=(dnsutils)
-command -v curl >/dev/null || missing+=(curl)
-python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "demo: installing ${missing[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive DEBCONF_NOWARNINGS=yes apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+bash scripts/system-deps.sh
 [ -e /dev/net/tun ] || modprobe tun 2>/dev/null || true
 
 make --no-print-directory deps

@@ -65,6 +65,9 @@ def test_libziti_host_and_dialer_through_router(tmp_path: Path) -> None:
         host_id, dialer_id = _enroll(net, "host", tmp_path), _enroll(net, "dialer", tmp_path)
         host = libziti.popen(libziti.HOST_UPPER, str(host_id), "enc", "plain", cwd=tmp_path)
         try:
+            # libziti answers a Dial only while Python waits in accept(): start dialing once
+            # the host is there (else the router's 5 s Dial deadline can pass under load).
+            assert host.stdout is not None and host.stdout.readline().strip() == "bound"
             dialer = libziti.run(DIAL, str(dialer_id), "enc", "plain", cwd=tmp_path)
             assert dialer.returncode == 0, dialer.stderr[-3000:]
             assert "enc ok" in dialer.stdout and "plain ok" in dialer.stdout

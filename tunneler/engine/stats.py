@@ -2,15 +2,19 @@
 
 ``Stats.count(name)`` bumps a named counter; ``Stats.warn(event, **fields)`` logs ``event`` at
 most once per ``interval`` seconds per event name and counts how many were suppressed.
+``flow_opened``/``flow_closed`` count a flow and log ``flow.opened``/``flow.closed`` at debug
+level (who talked to what through which service; never payload).
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
+from ipaddress import IPv4Address
 from typing import Any
 
 from tunneler.log import get_logger
+from tunneler.nat import OriginalDestination
 
 log = get_logger("engine")
 
@@ -39,6 +43,21 @@ class Stats:
         self._last_logged[event] = now
         log.warning(event, **fields)
 
+    def flow_opened(self, proto: str, service: str, key: OriginalDestination) -> None:
+        """Count a new intercepted flow and log it at debug level."""
+        self.counters[f"{proto}_flows_opened"] += 1
+        log.debug("flow.opened", proto=proto, service=service, **_endpoints(key))
+
+    def flow_closed(self, proto: str, service: str, key: OriginalDestination) -> None:
+        """Count an ended flow and log it at debug level."""
+        self.counters[f"{proto}_flows_closed"] += 1
+        log.debug("flow.closed", proto=proto, service=service, **_endpoints(key))
+
     def snapshot(self) -> dict[str, int]:
         """A copy of every counter, sorted by name."""
         return dict(sorted(self.counters.items()))
+
+
+def _endpoints(key: OriginalDestination) -> dict[str, str]:
+    return {"src": f"{IPv4Address(key.src_ip)}:{key.src_port}",
+            "dst": f"{IPv4Address(key.dst_ip)}:{key.dst_port}"}

@@ -246,7 +246,7 @@ class TcpInterceptor(FlowInterceptor):
         vip = IPv4Address(pending.key.dst_ip)
         self.pool.acquire(vip, loop.time())
         bridge.on_lost(lambda: self._finish(flow))
-        self.stats.count("tcp_flows_opened")
+        self.stats.flow_opened("tcp", pending.service, pending.key)
         self.counters.flow_opened(pending.service)
 
     # -- accepted sockets ----------------------------------------------------------------------
@@ -279,7 +279,7 @@ class TcpInterceptor(FlowInterceptor):
             self._drained.set()
         if flow.bridge is not None:
             self.pool.release(IPv4Address(flow.key.dst_ip), loop.time())
-            self.stats.count("tcp_flows_closed")
+            self.stats.flow_closed("tcp", flow.service, flow.key)
             self.counters.flow_closed(flow.service)
 
     def expire(self, now: float) -> None:

@@ -134,7 +134,7 @@ class UdpInterceptor(FlowInterceptor):
         self.pool.acquire(IPv4Address(key.dst_ip), now)
         flow.send(payload)
         flow.task = asyncio.get_running_loop().create_task(self._dial(flow, match))
-        self.stats.count("udp_flows_opened")
+        self.stats.flow_opened("udp", flow.service, flow.key)
         self.counters.flow_opened(flow.service)
 
     async def _dial(self, flow: UdpFlow, match: Match) -> None:
@@ -153,7 +153,7 @@ class UdpInterceptor(FlowInterceptor):
         if flow is not None:
             flow.close()
             self.pool.release(IPv4Address(flow.key.dst_ip), asyncio.get_running_loop().time())
-            self.stats.count("udp_flows_closed")
+            self.stats.flow_closed("udp", flow.service, flow.key)
             self.counters.flow_closed(flow.service)
 
     def expire(self, now: float) -> None:

@@ -157,7 +157,10 @@ def _open_error(exc: OSError, name: str) -> TunError:
     if exc.errno == errno.ENOENT:
         return TunError(f"{TUN_PATH} does not exist: load the module (`modprobe tun`), or in a "
                         "container pass the device (`--device /dev/net/tun`)")
-    if exc.errno in (errno.EPERM, errno.EACCES):
+    if exc.errno == errno.EACCES:  # the device node's mode, not a missing capability
+        return TunError(f"cannot open {TUN_PATH}: permission denied; most systems make it "
+                        f"mode 0666 (`chmod 0666 {TUN_PATH}`, or a udev rule), else run as root")
+    if exc.errno == errno.EPERM:
         return TunError(f"not allowed to create TUN device {name!r}: run as root or grant "
                         "CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_NET_ADMIN)")
     if exc.errno == errno.EBUSY:

@@ -1,8 +1,10 @@
-"""Least privilege: `tunneler run` as an unprivileged user holding only CAP_NET_ADMIN.
+"""Least privilege: `tunneler run` as an unprivileged user holding only CAP_NET_ADMIN, and
+`tunneler run-host` as an unprivileged user with no capability at all.
 
-This is how the systemd unit runs it (`User=tunneler`, `AmbientCapabilities=CAP_NET_ADMIN`,
-same bounding set): the daemon opens the TUN, sets its address and routes, serves DNS from the
-packet path and intercepts flows with nothing but CAP_NET_ADMIN, and cleans up on SIGTERM.
+This is how the systemd units run them (`User=tunneler`, `AmbientCapabilities=CAP_NET_ADMIN`
+with the same bounding set; the host unit with none): the daemon opens the TUN, sets its
+address and routes, serves DNS from the packet path and intercepts flows with nothing but
+CAP_NET_ADMIN, and cleans up on SIGTERM; the host only makes outbound connections.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.privileged.run_support import Deployment, links
+from tests.privileged.run_support import LLM_SERVICE, TUNNELER, Deployment, links
 from tests.support.netns import NetnsPool
 
 NOBODY = 65534
@@ -49,6 +51,23 @@ def _tun_node_for_all() -> Iterator[None]:
         node.chmod(mode)
 
 
+def _nobody(capability: str) -> list[str]:
+    """setpriv argv: become nobody keeping only `capability` ("none" for no capability)."""
+    keep = "-all" if capability == "none" else f"-all,+{capability}"
+    assert SETPRIV is not None
+    return [SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            f"--inh-caps={keep}", f"--ambient-caps={keep}", f"--bounding-set={keep}", "--"]
+
+
+def _as_nobody(identity: Path, directory: Path) -> Path:
+    """A copy of an identity file that only nobody can read (0600)."""
+    copy = directory / identity.name
+    shutil.copy(identity, copy)
+    os.chown(copy, NOBODY, NOBODY)
+    os.chmod(copy, 0o600)
+    return copy
+
+
 def _status_field(pid: int, name: str) -> str:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{name}:"):
@@ -58,23 +77,22 @@ def _status_field(pid: int, name: str) -> str:
 
 @pytest.mark.skipif(SETPRIV is None, reason="setpriv (util-linux) is not installed")
 @pytest.mark.usefixtures("tun_node_for_all")
-def test_run_as_nobody_with_only_cap_net_admin(netns_pool: NetnsPool, tmp_path: Path,
+def test_run_with_only_cap_net_admin_and_run_host_with_none(netns_pool: NetnsPool, tmp_path: Path,
                                                private_dir: Path) -> None:
     ns = netns_pool.new(resolv_conf="nameserver 127.0.0.1\n")
     deploy = Deployment(tmp_path)
     try:
-        deploy.llm_behind_host(ns)
-        identity = private_dir / "client1.json"
-        shutil.copy(deploy.enroll(ns, "client1"), identity)
-        os.chown(identity, NOBODY, NOBODY)
-        os.chmod(identity, 0o600)
-        assert SETPRIV is not None
+        deploy.network(ns, "localhost", "127.0.0.1", [LLM_SERVICE])
+        deploy.start(ns, "llm", [*TUNNELER, "llm-stub", "--listen", "127.0.0.1", "--port", "8000"])
+        host = _as_nobody(deploy.enroll(ns, "host1"), private_dir)
+        deploy.start(ns, "host", [*_nobody("none"), sys.executable, "-m", "tunneler", "run-host",
+                                  "--identity", str(host)])
+        deploy.wait_log("host", "host.service_bound", timeout=40)
+        assert int(_status_field(deploy.procs["host"].pid, "CapEff"), 16) == 0
+        identity = _as_nobody(deploy.enroll(ns, "client1"), private_dir)
         deploy.start(ns, "client", [
-            SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-            "--inh-caps=-all,+net_admin", "--ambient-caps=-all,+net_admin",
-            "--bounding-set=-all,+net_admin", "--",
-            sys.executable, "-m", "tunneler", "run", "--identity", str(identity),
-            "--runtime-dir", str(private_dir / "run"), "--no-dns-config"])
+            *_nobody("net_admin"), sys.executable, "-m", "tunneler", "run", "--identity",
+            str(identity), "--runtime-dir", str(private_dir / "run"), "--no-dns-config"])
         deploy.wait_log("client", "daemon.ready", timeout=40)
         pid = deploy.procs["client"].pid
         assert _status_field(pid, "Uid").split()[1] == str(NOBODY)  # effective uid

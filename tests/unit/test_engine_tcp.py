@@ -121,6 +121,27 @@ def test_pending_dial_and_flow_caps_refuse_the_newest() -> None:
     asyncio.run(main())
 
 
+def test_a_syn_flood_to_one_service_leaves_pending_slots_for_others() -> None:
+    async def main() -> None:
+        ctx = llm_context()
+        ctx.gate = asyncio.Event()
+        limits = Limits(max_pending_dials=3, drain_timeout=0.1)  # one service: at most 2
+        async with running_engine([ctx], limits=limits) as (engine, kernel):
+            vip = await vip_for(engine, "llm.private.test")
+            for sport in (40001, 40002, 40003):
+                await kernel.send(syn(vip, 8000, sport=sport))
+            assert_rst_for(await kernel.recv(), vip, 8000, sport=40003)
+            assert engine.stats.counters["tcp_refused_service_pending_cap"] == 1
+            await kernel.send(syn("198.51.100.7", 9005, sport=40004))  # another service
+            assert await kernel.nothing()  # held while it dials: not refused
+            assert [d[0] for d in ctx.dials] == ["llm", "llm", "precise"]
+            ctx.gate.set()
+            for _ in range(3):
+                await kernel.recv()
+
+    asyncio.run(main())
+
+
 def test_non_syn_without_flow_gets_rst_and_draining_refuses_new_flows() -> None:
     async def main() -> None:
         async with running_engine([llm_context()]) as (engine, kernel):

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections import Counter
 from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import cast
@@ -94,6 +95,7 @@ class TcpInterceptor(FlowInterceptor):
         self.nat: TcpNat | None = None
         self._server: asyncio.Server | None = None
         self._pending: dict[OriginalDestination, _Pending] = {}
+        self._pending_by_service: Counter[str] = Counter()
         self._by_key: dict[OriginalDestination, _Flow] = {}
         self._by_port: dict[int, _Flow] = {}
         self._parsed = Parsed()
@@ -107,6 +109,11 @@ class TcpInterceptor(FlowInterceptor):
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def _service_pending_cap(self) -> int:
+        """Pending dials one service may hold: two thirds of the global cap (rounded up)."""
+        return -(-2 * self.limits.max_pending_dials // 3)
 
     async def start(self) -> None:
         """Listen on ``T:ephemeral`` and create the NAT for that port."""
@@ -176,9 +183,13 @@ class TcpInterceptor(FlowInterceptor):
         elif len(self._pending) >= self.limits.max_pending_dials:
             self.stats.count("tcp_refused_pending_cap")
             self._refuse(packet, parsed)
+        elif self._pending_by_service[match.target.service] >= self._service_pending_cap:
+            self.stats.count("tcp_refused_service_pending_cap")  # a flood spares other services
+            self._refuse(packet, parsed)
         else:
             pending = _Pending(key, bytes(packet), match.target.service, self.counters)
             self._pending[key] = pending
+            self._pending_by_service[pending.service] += 1
             pending.task = asyncio.get_running_loop().create_task(self._dial(pending, match))
             self.stats.count("tcp_dials_started")
 
@@ -213,6 +224,9 @@ class TcpInterceptor(FlowInterceptor):
                                      self.counters)
         finally:
             self._pending.pop(pending.key, None)
+            self._pending_by_service[pending.service] -= 1
+            if not self._pending_by_service[pending.service]:
+                del self._pending_by_service[pending.service]
         if dialed:
             self._release(pending)
         else:

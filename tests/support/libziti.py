@@ -24,14 +24,19 @@ context = openziti.load(sys.argv[1])
 print("loaded", context is not None)
 """
 
-# Bind each named service, accept one connection per service, echo it upper-cased up to END.
+# Bind each named service, accept one connection per service and echo it upper-cased up to
+# END. Connections stay open until every service was served: with an immediate close the last
+# chunk was sometimes missing under load, and libziti 0.29.3's socket bridge does not turn the
+# dialer's socket close into a StateClosed (seen at the router), so neither end can wait for
+# the other's EOF. The dialers read up to END instead.
 HOST_UPPER = """
-import sys, openziti
+import sys, time, openziti
 ctx = openziti.load(sys.argv[1])
 servers = [ctx.bind(name) for name in sys.argv[2:]]
 for server in servers:
     server.listen(5)
 print("bound", flush=True)
+served = []
 for server in servers:
     conn, _peer = server.accept()
     data = b""
@@ -41,8 +46,11 @@ for server in servers:
             break
         data += chunk
     conn.sendall(data.upper())
-    conn.close()
+    served.append(conn)
 print("served", flush=True)
+time.sleep(1)
+for conn in served:
+    conn.close()
 """
 
 # Prepended to dialing scripts: openziti 0.6.0's ctx.connect(name) passes terminator=None to

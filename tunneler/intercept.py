@@ -14,7 +14,8 @@ hostname belongs to the services naming it, such a name matches exact-hostname i
 
 API:
 
-- ``Intercept.from_intercept_v1(service, config)`` -> ``Intercept`` (raises ``ConfigError``).
+- ``Intercept.from_config(service, InterceptV1)`` (a config validated by ``tunneler.configs``)
+  or ``Intercept.from_intercept_v1(service, raw_json)`` -> ``Intercept`` (raises ``ConfigError``).
 - ``InterceptTable.set_intercepts(intercepts)``; ``lookup_address(proto, ip, port)`` for packets
   to IP/CIDR intercepts; ``lookup_hostname(proto, name, port)`` for packets to a virtual IP
   (the engine maps the VIP to its name with ``VipPool.hostname_for``); both return the best
@@ -35,9 +36,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any, NamedTuple
 
+from tunneler.configs import INTERCEPT_V1, InterceptV1, parse_intercept
 from tunneler.errors import ConfigError
 
-PROTOCOLS = frozenset({"tcp", "udp"})
 DEFAULT_CACHE_SIZE = 4096
 _LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 _TEMPLATE_VAR = re.compile(
@@ -113,54 +114,28 @@ class Intercept:
     dial_identity: str | None = None
 
     @classmethod
+    def from_config(cls, service: str, config: InterceptV1) -> Intercept:
+        """Build from a validated ``intercept.v1`` (or converted legacy) config.
+
+        Raises:
+            ConfigError: an address this matcher cannot use, or an unknown template variable.
+        """
+        identity = config.dial_options.identity if config.dial_options is not None else None
+        return cls(service, frozenset(config.protocols),
+                   tuple(InterceptAddress.parse(a) for a in config.addresses),
+                   tuple((r.low, r.high) for r in config.port_ranges),
+                   _template(config.source_ip, service, "sourceIp"),
+                   _template(identity, service, "dialOptions.identity"))
+
+    @classmethod
     def from_intercept_v1(cls, service: str, config: Mapping[str, Any]) -> Intercept:
         """Build from an ``intercept.v1`` JSON object (raises ``ConfigError``)."""
-        protocols = frozenset(p.lower() for p in _strings(config, "protocols", service))
-        if not protocols <= PROTOCOLS:
-            raise ConfigError(f"service {service!r}: protocols must be tcp/udp")
-        addresses = tuple(InterceptAddress.parse(a) for a in _strings(config, "addresses", service))
-        dial_options = config.get("dialOptions") or {}
-        if not isinstance(dial_options, dict):
-            raise ConfigError(f"service {service!r}: dialOptions must be an object")
-        source_ip = _template(config.get("sourceIp"), service, "sourceIp")
-        identity = _template(dial_options.get("identity"), service, "dialOptions.identity")
-        return cls(
-            service, protocols, addresses, _port_ranges(config, service), source_ip, identity
-        )
+        return cls.from_config(service, parse_intercept(config, f"{service}.{INTERCEPT_V1}"))
 
     def port_score(self, port: int) -> int | None:
         """Return minus the size of the smallest range holding ``port``, else None."""
         sizes = [low - high for low, high in self.port_ranges if low <= port <= high]
         return max(sizes) if sizes else None
-
-
-def _strings(config: Mapping[str, Any], key: str, service: str) -> list[str]:
-    value = config.get(key)
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"service {service!r}: {key} must be a non-empty list of strings")
-    return value
-
-
-def _port_ranges(config: Mapping[str, Any], service: str) -> tuple[tuple[int, int], ...]:
-    ranges = config.get("portRanges")
-    if not isinstance(ranges, list) or not ranges:
-        raise ConfigError(f"service {service!r}: portRanges must be a non-empty list")
-    result = []
-    for entry in ranges:
-        bounds = (entry.get("low"), entry.get("high")) if isinstance(entry, dict) else (None, None)
-        low, high = bounds
-        if not (
-            isinstance(low, int) and isinstance(high, int) and _is_port(low) and _is_port(high)
-        ):
-            raise ConfigError(f"service {service!r}: bad port range {entry!r}")
-        if low > high:
-            raise ConfigError(f"service {service!r}: port range {entry!r} has low > high")
-        result.append((low, high))
-    return tuple(result)
-
-
-def _is_port(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0xFFFF
 
 
 def _template(value: object, service: str, field: str) -> str | None:

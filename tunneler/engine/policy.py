@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Any, Protocol
+from typing import Protocol
 
 from tunneler.client.conn import EdgeConnection, EdgeSink
 from tunneler.client.ctrl import ServiceInfo
@@ -88,20 +88,6 @@ class Match:
         return expand_template(template, flow, self.target.context.name, {})
 
 
-def _as_intercept_v1(config: InterceptV1) -> dict[str, Any]:
-    """The raw ``intercept.v1`` object of a validated (or converted legacy) config."""
-    raw: dict[str, Any] = {
-        "protocols": list(config.protocols),
-        "addresses": list(config.addresses),
-        "portRanges": [{"low": r.low, "high": r.high} for r in config.port_ranges],
-    }
-    if config.source_ip is not None:
-        raw["sourceIp"] = config.source_ip
-    if config.dial_options is not None and config.dial_options.identity is not None:
-        raw["dialOptions"] = {"identity": config.dial_options.identity}
-    return raw
-
-
 def _timeout(config: InterceptV1) -> float:
     options = config.dial_options
     if options is None or not options.connect_timeout_seconds:
@@ -130,8 +116,7 @@ class InterceptPolicy:
                     config = intercept_of(service.configs, service.name)
                     if config is None:
                         continue
-                    intercept = Intercept.from_intercept_v1(service.name,
-                                                            _as_intercept_v1(config))
+                    intercept = Intercept.from_config(service.name, config)
                 except ConfigError as exc:
                     log.warning("engine.intercept_invalid", service=service.name, error=str(exc))
                     continue

@@ -21,6 +21,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol, cast
 
+from tunneler import aio
 from tunneler.client.conn import EdgeConnection
 from tunneler.errors import DialError
 from tunneler.log import get_logger
@@ -71,9 +72,7 @@ class StreamBridge(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.pause_reading()
         transport.set_write_buffer_limits(LOCAL_HIGH_WATER, LOCAL_LOW_WATER)
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        aio.no_delay(transport)
         if self._on_made is not None:
             self._on_made(self)
 

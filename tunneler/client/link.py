@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
+from tunneler import aio
 from tunneler.channel.connection import (
     ChannelConnection,
     MessageReceived,
@@ -228,9 +229,7 @@ class RouterLink(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        aio.no_delay(transport)
 
     def data_received(self, data: bytes) -> None:
         for event in self._channel.receive_data(data):

@@ -17,6 +17,7 @@ from collections.abc import Coroutine
 from typing import Any, cast
 
 import tunneler
+from tunneler import aio
 from tunneler.log import get_logger
 from tunneler.router.authority import RouterAuthority
 from tunneler.router.core import RouterCore
@@ -155,9 +156,7 @@ class _ChannelProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER, low=WRITE_LOW_WATER)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:  # small edge messages (StateConnected, one echo) must not wait
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # for Nagle + delayed ACK
+        aio.no_delay(transport)
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der:  # CERT_REQUIRED makes this unreachable; refuse rather than trust

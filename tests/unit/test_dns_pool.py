@@ -145,3 +145,13 @@ def test_wildcard_names_lists_active_members_most_recent_first() -> None:
     assert [name for name, _ in pool.wildcard_names("wild.test")] == ["a.wild.test",
                                                                       "c.wild.test"]
     assert pool.wildcard_names("other.test") == []
+
+
+def test_a_reserved_address_is_never_assigned_nor_counted_in_use() -> None:
+    pool = VipPool("100.64.0.1/29")  # .1 TUN, .2 DNS, .3-.6 usable
+    nat = pool.reserve()
+    assert str(nat) == "100.64.0.3" and pool.capacity == 3 and pool.in_use == 0
+    assigned = {pool.assign(f"n{i}.test", 0.0) for i in range(3)}
+    assert nat not in assigned and pool.hostname_for(nat) is None
+    with pytest.raises(PoolExhausted):
+        pool.reserve()

@@ -138,6 +138,20 @@ class VipPool:
         self._use(entry, now)
         return self._ip(entry)
 
+    def reserve(self) -> IPv4Address:
+        """Take the next free address out of the pool for good (the engine's NAT address):
+        never handed to a name, never in a DNS answer, not counted as in use.
+
+        Raises:
+            PoolExhausted: no address is free.
+        """
+        if self.in_use >= self.capacity:
+            raise PoolExhausted(f"all {self.capacity} virtual IPs of {self.network} are in use")
+        offset = self._next_free_offset()
+        self._reserved = self._reserved | {offset}
+        self.capacity -= 1
+        return IPv4Address(self._base + offset)
+
     def acquire(self, ip: IPv4Address, now: float) -> None:
         """Count a live flow to ``ip`` (it is not reassigned while flows live)."""
         entry = self._by_offset.get(int(ip) - self._base)

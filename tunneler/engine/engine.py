@@ -1,8 +1,8 @@
 """The packet dispatcher of ``tunneler run``: TUN packets to TCP, UDP and DNS handlers.
 
 ``Engine(tun, contexts, pool, limits, upstreams)`` owns the pieces of the data path. ``start()``
-reserves the NAT address N from the pool (the first free VIP, held forever under a name that
-no intercept can carry), opens the listener, and starts reading the TUN; ``update_intercepts()``
+reserves the NAT address N from the pool (``VipPool.reserve``: the first free address, never
+given to a name), opens the listener, and starts reading the TUN; ``update_intercepts()``
 applies a service change (intercept table, DNS names, pool retirement) without touching
 existing flows; ``drain()`` refuses new flows; ``close()`` drains the rest and stops.
 Malformed packets are dropped and counted by reason (``drop_<reason>``). Per-service counters
@@ -32,7 +32,6 @@ from tunneler.tun.device import TunDevice
 
 log = get_logger("engine")
 
-NAT_NAME = "nat.tunneler.invalid"  # RFC 2606: never a real name, so never an intercept
 TICK = 1.0
 
 
@@ -62,8 +61,7 @@ class Engine:
     async def start(self) -> None:
         """Reserve N, open the listener on T, load the intercepts, read the TUN."""
         loop = self._loop = asyncio.get_running_loop()
-        nat_ip = self.pool.assign(NAT_NAME, loop.time())
-        self.pool.acquire(nat_ip, loop.time())  # a live "flow": never retired or reassigned
+        nat_ip = self.pool.reserve()
         self.tcp = TcpInterceptor(self.pump, self.policy, self.pool, self.stats, self.limits,
                                   self.dns.tcp_protocol, nat_ip, self.counters)
         await self.tcp.start()

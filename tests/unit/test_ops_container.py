@@ -95,7 +95,9 @@ def test_entrypoint_ignores_token_when_identity_exists(tmp_path: Path) -> None:
 def test_entrypoint_refuses_intercept_mode_without_root() -> None:
     as_nobody: dict[str, Any] = {"user": 65534, "group": 65534, "extra_groups": []} \
         if os.geteuid() == 0 else {}
-    result = subprocess.run(["sh", str(ENTRYPOINT)], capture_output=True, text=True, cwd="/",
-                            env={"PATH": "/usr/bin:/bin"}, timeout=60, check=False, **as_nobody)
+    # the script comes on stdin: nobody may not be able to read the checkout's folders
+    result = subprocess.run(["sh", "-s"], input=ENTRYPOINT.read_text(), capture_output=True,
+                            text=True, cwd="/", env={"PATH": "/usr/bin:/bin"}, timeout=60,
+                            check=False, **as_nobody)
     assert result.returncode == 1, result.stderr
     assert "intercept mode needs NET_ADMIN" in result.stderr

@@ -22,11 +22,11 @@ Public names (stable; the client side imports them):
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from tunneler.dnsname import is_hostname
 from tunneler.errors import ConfigError
 
 INTERCEPT_V1 = "intercept.v1"
@@ -37,8 +37,6 @@ PROTOCOLS = ("tcp", "udp")
 PRECEDENCES = ("default", "required", "failed")
 
 _T = TypeVar("_T")
-
-_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
 @dataclass(frozen=True)
@@ -142,12 +140,6 @@ def _protocol(obj: object, path: str) -> str:
     return obj.lower()
 
 
-def _is_hostname(text: str) -> bool:
-    name = text[2:] if text.startswith("*.") else text
-    name = name.rstrip(".")
-    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))
-
-
 def _address(obj: object, path: str) -> str:
     """IPv4/IPv6 address, CIDR, hostname or wildcard domain `*.example.com`."""
     text = _str(obj, path)
@@ -158,7 +150,7 @@ def _address(obj: object, path: str) -> str:
             ipaddress.ip_address(text)
         return text
     except ValueError:
-        if "/" not in text and _is_hostname(text):
+        if "/" not in text and is_hostname(text, wildcard=True):
             return text
     raise _fail(path, "must be an IP address, CIDR, hostname or *.domain")
 

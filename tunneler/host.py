@@ -28,8 +28,9 @@ from tunneler.client.conn import EdgeSink
 from tunneler.client.context import Binding, ZitiContext
 from tunneler.client.ctrl import ServiceInfo
 from tunneler.client.listener import BindOptions, DialHandler, IncomingDial
+from tunneler.client.resolve import Resolver, resolve_within, system_resolve
 from tunneler.client.services import ServiceChanges, config_or_warn
-from tunneler.client.targets import select_target
+from tunneler.client.targets import permitted_addresses, select_target
 from tunneler.configs import PRECEDENCES, HostV1, ListenOptions, host_of
 from tunneler.errors import ConfigError, DialError
 from tunneler.log import get_logger
@@ -161,9 +162,13 @@ def bind_options(config: HostV1, identity_name: str) -> BindOptions:
                        terminator_identity=identity)
 
 
-def dial_handler(service_name: str, config: HostV1, stats: Stats | None = None) -> DialHandler:
+def dial_handler(service_name: str, config: HostV1, stats: Stats | None = None, *,
+                 resolve: Resolver = system_resolve) -> DialHandler:
     """Connect each incoming dial to its target (raises DialError → DialFailed), counted in
-    `stats` (the connect time as dial latency)."""
+    `stats` (the connect time as dial latency).
+
+    The target's name is resolved once with `resolve`; the resolved addresses are checked
+    against `allowedAddresses` and the connection goes to exactly those (targets.py)."""
     listen = config.listen_options or ListenOptions()
     timeout = float(listen.connect_timeout_seconds or DEFAULT_CONNECT_TIMEOUT)
     counters = stats or Stats()
@@ -173,11 +178,13 @@ def dial_handler(service_name: str, config: HostV1, stats: Stats | None = None) 
         started = time.perf_counter()
         try:
             target = select_target(config, incoming.app_data)
+            resolved = await resolve_within(resolve, target.host, timeout)
+            addresses = permitted_addresses(config, target, resolved)
             sink: StreamBridge | DatagramBridge
             if target.protocol == "udp":
-                sink = await connect_datagram(target.host, target.port, meter)
+                sink = await connect_datagram(addresses, target.port, meter)
             else:
-                sink = await connect_stream(target.host, target.port, timeout, meter)
+                sink = await connect_stream(addresses, target.port, timeout, meter)
         except DialError as exc:
             counters.dial_failed(service_name, failure_reason(exc), str(exc))
             raise

@@ -36,11 +36,11 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Any, NamedTuple
 
+from tunneler import dnsname
 from tunneler.configs import INTERCEPT_V1, InterceptV1, parse_intercept
 from tunneler.errors import ConfigError
 
 DEFAULT_CACHE_SIZE = 4096
-_LABEL = re.compile(r"^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$")
 _TEMPLATE_VAR = re.compile(
     r"\$(tunneler_id\.name|tunneler_id\.tag\[([^\]]+)\]|src_ip|src_port|dst_ip|dst_port"
     r"|dst_protocol)"
@@ -49,14 +49,6 @@ _TEMPLATE_VAR = re.compile(
 Network = IPv4Network | IPv6Network
 IPAddress = IPv4Address | IPv6Address
 _Scorer = Callable[["InterceptAddress"], Any]  # int for networks, (kind, length) for names
-
-
-def normalize_hostname(name: str) -> str | None:
-    """Return ``name`` lowercased without a trailing dot, or None if it is not a hostname."""
-    name = name.lower().removesuffix(".")
-    if not name or len(name) > 253:
-        return None
-    return name if all(_LABEL.match(label) for label in name.split(".")) else None
 
 
 @dataclass(frozen=True)
@@ -73,11 +65,11 @@ class InterceptAddress:
         with contextlib.suppress(ValueError):  # not a network: a hostname or wildcard
             return cls(network=ip_network(text, strict=False))
         if text.startswith("*."):
-            domain = normalize_hostname(text[2:])
+            domain = dnsname.normalize(text[2:])
             if domain is not None:
                 return cls(wildcard=domain)
         else:
-            name = normalize_hostname(text)
+            name = dnsname.normalize(text)
             if name is not None:
                 return cls(hostname=name)
         raise ConfigError(f"intercept address {text!r} is not an IP, CIDR, hostname or *.domain")
@@ -185,7 +177,7 @@ class InterceptTable:
 
     def lookup_hostname(self, proto: str, hostname: str, port: int) -> Intercept | None:
         """Return the most precise intercept for ``hostname:port`` over ``proto``."""
-        name = normalize_hostname(hostname)
+        name = dnsname.normalize(hostname)
         if name is None:
             return None
         if name in self._hostnames:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
+from tests.unit.link_support import RecordingLink, as_link
 from tunneler.channel.message import REPLY_FOR_HEADER, Message
 from tunneler.client.conn import (
     MAX_CHUNK,
@@ -21,63 +22,10 @@ from tunneler.client.conn import (
     dial,
     is_invalid_session,
 )
-from tunneler.client.link import LinkHandler, RouterLink
 from tunneler.client.listener import EdgeListener, IncomingDial
 from tunneler.edge import crypto
 from tunneler.edge import messages as edge
 from tunneler.errors import DialError
-
-
-class RecordingLink:
-    """Stands in for RouterLink: records sends, lets the test answer requests."""
-
-    def __init__(self) -> None:
-        self.sent: list[Message] = []
-        self.requests: list[tuple[Message, Callable[[Message | None], None]]] = []
-        self.handlers: dict[int, LinkHandler] = {}
-        self.writable = True
-        self.closed = False
-        self.sequence = 0
-
-    def _stamp(self, message: Message) -> int:
-        self.sequence += 1
-        message.sequence = self.sequence
-        self.sent.append(message)
-        return self.sequence
-
-    def send(self, message: Message) -> int:
-        return self._stamp(message)
-
-    def reply(self, request: Message, message: Message) -> int:
-        message.set_int32(REPLY_FOR_HEADER, request.sequence)
-        return self._stamp(message)
-
-    def request(self, message: Message, timeout: float,
-                callback: Callable[[Message | None], None]) -> int:
-        self.requests.append((message, callback))
-        return self._stamp(message)
-
-    async def request_async(self, message: Message, timeout: float) -> Message:
-        future: asyncio.Future[Message | None] = asyncio.get_running_loop().create_future()
-        self.request(message, timeout, future.set_result)
-        reply = await future
-        assert reply is not None
-        return reply
-
-    def cancel_request(self, sequence: int) -> None:
-        pass
-
-    def register(self, conn_id: int, handler: LinkHandler) -> None:
-        self.handlers[conn_id] = handler
-
-    def unregister(self, conn_id: int) -> None:
-        self.handlers.pop(conn_id, None)
-
-    def pause_reading_for(self, who: object) -> None:
-        pass
-
-    def resume_reading_for(self, who: object) -> None:
-        pass
 
 
 class Sink:
@@ -103,14 +51,10 @@ class Sink:
         self.events.append(("writable", writable))
 
 
-def _link(link: RecordingLink) -> RouterLink:
-    return cast(RouterLink, link)
-
-
 def _dial(link: RecordingLink, sink: Sink, reply: Callable[[Message], Message | None], *,
           encrypted: bool) -> EdgeConnection:
     async def run() -> EdgeConnection:
-        task = asyncio.ensure_future(dial(_link(link), 7, "tok", "me", sink, encrypted=encrypted,
+        task = asyncio.ensure_future(dial(as_link(link), 7, "tok", "me", sink, encrypted=encrypted,
                                           app_data=b'{"dst_port":"80"}'))
         await asyncio.sleep(0)
         connect, callback = link.requests[-1]
@@ -230,7 +174,7 @@ def _listener_flow(on_dial: Callable[[IncomingDial], Any], *, encrypted: bool,
     ids = iter(range(100, 200))
 
     async def run() -> None:
-        listener = EdgeListener(_link(link), 5, "bind-tok", "host", on_dial, lambda: next(ids),
+        listener = EdgeListener(as_link(link), 5, "bind-tok", "host", on_dial, lambda: next(ids),
                                 encrypted=encrypted)
         bind_task = asyncio.ensure_future(listener.bind())
         await asyncio.sleep(0)
@@ -290,3 +234,14 @@ def test_listener_refuses_encrypted_dial_without_key() -> None:
 
     link = _listener_flow(on_dial, encrypted=True, dialer_key=None)
     assert link.sent[-1].content_type == edge.CONTENT_TYPE_DIAL_FAILED
+
+
+def test_listener_answers_dial_failed_when_the_handler_has_a_bug() -> None:
+    async def on_dial(incoming: IncomingDial) -> Sink:
+        raise ValueError("invalid literal for int() with base 10: '\u00b2'")
+
+    link = _listener_flow(on_dial, encrypted=False)
+    failed = link.sent[-1]
+    assert failed.content_type == edge.CONTENT_TYPE_DIAL_FAILED
+    assert failed.get_int(REPLY_FOR_HEADER) == 42
+    assert failed.body == b"internal error in the hosting tunneler"

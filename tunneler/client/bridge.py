@@ -18,11 +18,12 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol, cast
 
 from tunneler import aio
 from tunneler.client.conn import EdgeConnection
+from tunneler.client.targets import IPAddress
 from tunneler.errors import DialError
 from tunneler.log import get_logger
 
@@ -167,23 +168,29 @@ class StreamBridge(asyncio.Protocol):
         self._update_reading()
 
 
-async def connect_stream(host: str, port: int, timeout: float,
+async def connect_stream(addresses: Sequence[IPAddress], port: int, timeout: float,
                          meter: ByteMeter | None = None) -> StreamBridge:
-    """Connect a local TCP target for a host-side flow.
+    """Connect a local TCP target for a host-side flow: each address in turn, within `timeout`.
 
     Raises:
-        DialError: unreachable within `timeout`, with the reason for DialFailed.
+        DialError: none reachable within `timeout`, with the reason for DialFailed.
     """
     loop = asyncio.get_running_loop()
+    where = "tcp:" + ",".join(str(ip) for ip in addresses) + f":{port}"
+    failure = "no address"
     try:
         async with asyncio.timeout(timeout):
-            _, bridge = await loop.create_connection(lambda: StreamBridge(meter=meter), host,
-                                                     port)
+            for ip in addresses:
+                try:
+                    _, bridge = await loop.create_connection(
+                        lambda: StreamBridge(meter=meter), str(ip), port)
+                except OSError as exc:
+                    failure = exc.strerror or str(exc)
+                else:
+                    return bridge
     except TimeoutError:
-        raise DialError(f"connect to tcp:{host}:{port} timed out after {timeout:g}s") from None
-    except OSError as exc:
-        raise DialError(f"connect to tcp:{host}:{port} failed: {exc.strerror or exc}") from None
-    return bridge
+        raise DialError(f"connect to {where} timed out after {timeout:g}s") from None
+    raise DialError(f"connect to {where} failed: {failure}")
 
 
 class DatagramBridge(asyncio.DatagramProtocol):
@@ -262,17 +269,22 @@ class DatagramBridge(asyncio.DatagramProtocol):
         """Datagrams are dropped, not queued, under pressure: nothing to pause."""
 
 
-async def connect_datagram(host: str, port: int,
+async def connect_datagram(addresses: Sequence[IPAddress], port: int,
                            meter: ByteMeter | None = None) -> DatagramBridge:
-    """A connected UDP socket to a host-side target.
+    """A connected UDP socket to a host-side target (the first address that can be used).
 
     Raises:
-        DialError: the address cannot be resolved or used.
+        DialError: no address can be used.
     """
     loop = asyncio.get_running_loop()
-    try:
-        _, bridge = await loop.create_datagram_endpoint(lambda: DatagramBridge(meter=meter),
-                                                        remote_addr=(host, port))
-    except OSError as exc:
-        raise DialError(f"udp:{host}:{port}: {exc.strerror or exc}") from None
-    return bridge
+    failure = "no address"
+    for ip in addresses:
+        try:
+            _, bridge = await loop.create_datagram_endpoint(
+                lambda: DatagramBridge(meter=meter), remote_addr=(str(ip), port))
+        except OSError as exc:
+            failure = exc.strerror or str(exc)
+        else:
+            return bridge
+    where = ",".join(str(ip) for ip in addresses)
+    raise DialError(f"udp:{where}:{port}: {failure}")

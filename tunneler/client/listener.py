@@ -150,8 +150,11 @@ class EdgeListener(LinkHandler):
             sink = await self._on_dial(incoming)
         except (DialError, CryptoError) as exc:
             log.info("listener.dial_refused", conn_id=self.conn_id, reason=str(exc))
-            if not self.link.closed:
-                self.link.reply(message, edge.dial_failed(self.conn_id, str(exc)))
+            self._refuse(message, str(exc))
+            return
+        except Exception:  # dial boundary: a bug must not leave the dialer waiting
+            log.exception("listener.dial_handler_crashed", conn_id=self.conn_id)
+            self._refuse(message, "internal error in the hosting tunneler")
             return
         child = EdgeConnection(self.link, self._new_conn_id(), sink, state=ConnState.ACCEPTING)
 
@@ -164,3 +167,7 @@ class EdgeListener(LinkHandler):
 
         self.link.request(accept_request(self.conn_id, message, child.conn_id), ACCEPT_TIMEOUT,
                           on_connected)
+
+    def _refuse(self, message: Message, reason: str) -> None:
+        if not self.link.closed:
+            self.link.reply(message, edge.dial_failed(self.conn_id, reason))

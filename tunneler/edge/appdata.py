@@ -25,7 +25,7 @@ def decode_app_data(raw: bytes | None) -> dict[str, str]:
         return {}
     try:
         value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return {}
     if not isinstance(value, dict):
         return {}

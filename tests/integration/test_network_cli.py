@@ -119,3 +119,22 @@ def test_serve_reports_a_busy_port(net: Path) -> None:
                                 check=False)
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{config['controller_port']}" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["", "   ", "two\nlines", "x" * 5000])
+def test_enroll_token_refuses_bad_identity_names(net: Path, name: str) -> None:
+    result = run("network", "enroll-token", str(net), name)
+    assert result.returncode == 1
+    assert "identity name: must be 1..255 characters, not blank, without control characters" \
+        in result.stderr
+    assert not result.stdout
+
+
+def test_apply_refuses_an_alias_bomb(net: Path, tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("services:\n  - name: bomb\n    configs:\n      host.v2:\n" + "".join(
+        f"        l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'x'] * 9)}]\n"
+        for i in range(9)))
+    result = run("network", "apply", str(net), str(bomb))
+    assert result.returncode == 1
+    assert "YAML aliases (*l0) are not accepted" in result.stderr

@@ -105,7 +105,7 @@ def _set(doc: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     ("identities/1/name", "laptop", "identities[1].name: duplicate name 'laptop'"),
     ("identities/0/roles", ["x"], "identities[0].roles: unknown field"),
     ("identities/0/roleAttributes", "x", "identities[0].roleAttributes: must be a list"),
-    ("identities/0/name", "", "identities[0].name: must be a non-empty string"),
+    ("identities/0/name", "", "identities[0].name: must be 1..255 characters, not blank"),
     ("services", {"name": "x"}, "services: must be a list"),
     ("extra", 1, "(top level).extra: unknown field"),
 ])
@@ -132,3 +132,52 @@ def test_file_level_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"apply\.yaml: \(top level\): must be a mapping"):
         policyfile.load(_write(tmp_path, "- 1\n"))
     assert policyfile.load(_write(tmp_path, "")) == policyfile.ApplyFile((), (), ())
+
+
+# -- bounded by structure (security.md SEC-05, SEC-06) ---------------------------------------
+
+ALIAS_BOMB = "services:\n  - name: bomb\n    configs:\n      host.v2:\n" + "".join(
+    f"        l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'x'] * 9)}]\n" for i in range(9))
+
+
+def test_yaml_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    assert len(ALIAS_BOMB) < 700
+    with pytest.raises(ConfigError, match=r"line 6, column \d+: YAML aliases \(\*l0\) are not "
+                                          r"accepted"):
+        policyfile.load(_write(tmp_path, ALIAS_BOMB))
+    with pytest.raises(ConfigError, match="aliases"):
+        policyfile.load(_write(tmp_path, "identities:\n  - &x {name: a}\n  - *x\n"))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[" + "0," * 1001 + "]", "more than 1000 YAML nodes"),
+    ("[" * 200 + "]" * 200, "nested deeper than 64 levels"),
+])
+def test_yaml_node_count_and_depth_are_capped(tmp_path: Path, text: str, message: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(policyfile, "MAX_NODES", 1000)  # the real cap (100,000) takes 5 s
+    with pytest.raises(ConfigError, match=message):
+        policyfile.load(_write(tmp_path, text))
+
+
+def test_stored_configs_are_capped_in_size_and_depth_with_the_path() -> None:
+    deep: Any = "x"
+    for _ in range(40):
+        deep = {"k": deep}
+    doc = _set(_doc(), "services/0/configs/host.v2", {"a": deep})
+    with pytest.raises(ConfigError, match=r"^services\[0\]\.configs\.host\.v2\.a(\.k){32}: "
+                                          r"nested deeper than 32 levels"):
+        policyfile.parse_document(doc)
+    big = _set(_doc(), "services/0/configs/host.v2", {"blob": "y" * policyfile.MAX_CONFIG_BYTES})
+    with pytest.raises(ConfigError, match=r"^services\[0\]\.configs\.host\.v2: \d+ bytes as "
+                                          r"JSON, more than 65536"):
+        policyfile.parse_document(big)
+
+
+@pytest.mark.parametrize("name", ["", "   ", "a\nb", "tab\there", "nul\x00", "x" * 256])
+def test_names_are_one_rule_for_apply_and_enroll_token(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"must be 1\.\.255 characters, not blank, without "
+                                          r"control characters"):
+        policyfile.entity_name(name, "identity name")
+    with pytest.raises(ConfigError, match=r"^identities\[0\]\.name: must be 1\.\.255"):
+        policyfile.parse_document(_set(_doc(), "identities/0/name", name))

@@ -78,13 +78,14 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
     """Create the identity if missing and write a one-time enrollment JWT."""
     if not MIN_TOKEN_SECONDS <= args.expires_in <= MAX_TOKEN_SECONDS:
         raise ConfigError(f"--expires-in: must be {MIN_TOKEN_SECONDS}..{MAX_TOKEN_SECONDS} s")
+    name = policyfile.entity_name(args.identity, "identity name")
     directory = network.load(Path(args.dir))
     key = directory.signing_key()
     now = time.time()
     store = Store(directory.state_db)
     try:
-        store.upsert_identity(args.identity)
-        identity = store.identity_by_name(args.identity)
+        store.upsert_identity(name)
+        identity = store.identity_by_name(name)
         assert identity is not None
         expires_at = int(now + args.expires_in)
         jti = store.create_enrollment(identity.id, expires_at)

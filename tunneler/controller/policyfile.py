@@ -15,10 +15,18 @@ Format (OpenZiti entity field names; every section optional)::
 
 Entities are upserted by name; entities absent from the file are left alone. Errors name the
 path of the bad field (`services[0].configs.intercept.v1.portRanges[0].low: ...`).
+
+Input is bounded by structure as well as by bytes (security.md SEC-05): YAML aliases are
+refused (a 600-byte file of nested aliases expands to gigabytes), a document has at most
+`MAX_NODES` nodes nested at most `MAX_DEPTH` deep, and each stored config, parsed or not, is at
+most `MAX_CONFIG_BYTES` of JSON nested at most `MAX_CONFIG_DEPTH` deep. Names are 1..255
+characters, not blank, without control characters (the same rule for `network enroll-token`).
 """
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +41,36 @@ from tunneler.errors import ConfigError
 
 MAX_FILE_BYTES = 1 << 20
 MAX_NAME_LENGTH = 255
+MAX_NODES = 100_000
+MAX_DEPTH = 64
+MAX_CONFIG_BYTES = 64 * 1024
+MAX_CONFIG_DEPTH = 32
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses aliases and caps the node count and the nesting depth."""
+
+    def __init__(self, stream: bytes) -> None:
+        super().__init__(stream)
+        self._nodes = 0
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        where = f"line {event.start_mark.line + 1}, column {event.start_mark.column + 1}"
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(f"{where}: YAML aliases (*{event.anchor}) are not accepted; "
+                              "write the value out")
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            raise ConfigError(f"{where}: more than {MAX_NODES} YAML nodes")
+        if self._depth >= MAX_DEPTH:
+            raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 @dataclass(frozen=True)
@@ -80,10 +118,29 @@ def _fields(obj: object, path: str, allowed: Sequence[str], required: Sequence[s
     return obj
 
 
-def _name(obj: object, path: str) -> str:
-    if not isinstance(obj, str) or not obj.strip() or len(obj) > MAX_NAME_LENGTH:
-        raise ConfigError(f"{path}: must be a non-empty string of at most {MAX_NAME_LENGTH} chars")
+def entity_name(obj: object, path: str) -> str:
+    """A valid identity/service/policy name or role.
+
+    Raises:
+        ConfigError: not 1..255 characters, blank, or with a control character.
+    """
+    if not isinstance(obj, str) or not obj.strip() or len(obj) > MAX_NAME_LENGTH or \
+            any(unicodedata.category(char) == "Cc" for char in obj):
+        raise ConfigError(f"{path}: must be 1..{MAX_NAME_LENGTH} characters, not blank, "
+                          "without control characters")
     return obj
+
+
+def _bounded(obj: object, path: str, depth: int = 0) -> None:
+    """Raise ConfigError (with the path of the offending field) if `obj` nests too deeply."""
+    if depth > MAX_CONFIG_DEPTH:
+        raise ConfigError(f"{path}: nested deeper than {MAX_CONFIG_DEPTH} levels")
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            _bounded(value, f"{path}.{key}", depth + 1)
+    elif isinstance(obj, list):
+        for index, value in enumerate(obj):
+            _bounded(value, f"{path}[{index}]", depth + 1)
 
 
 def _strings(obj: object, path: str, *, role: bool = False) -> tuple[str, ...]:
@@ -91,7 +148,7 @@ def _strings(obj: object, path: str, *, role: bool = False) -> tuple[str, ...]:
         return ()
     if not isinstance(obj, list):
         raise ConfigError(f"{path}: must be a list")
-    values = tuple(_name(value, f"{path}[{index}]") for index, value in enumerate(obj))
+    values = tuple(entity_name(value, f"{path}[{index}]") for index, value in enumerate(obj))
     for index, value in enumerate(values):
         if role and value != ROLE_ALL and (value[0] not in "#@" or len(value) < 2):
             raise ConfigError(f"{path}[{index}]: must be '#attribute', '@name' or '#all'")
@@ -112,14 +169,22 @@ def _bool(obj: object, path: str) -> bool:
 
 def _identity(obj: object, path: str) -> IdentitySpec:
     fields = _fields(obj, path, ("name", "roleAttributes"), ("name",))
-    return IdentitySpec(_name(fields["name"], f"{path}.name"),
+    return IdentitySpec(entity_name(fields["name"], f"{path}.name"),
                         _strings(fields.get("roleAttributes"), f"{path}.roleAttributes"))
 
 
 def _configs(obj: object, path: str) -> Mapping[str, Any]:
     fields = _fields(obj if obj is not None else {}, path, KNOWN_CONFIG_TYPES, ())
     for type_name, config in fields.items():
-        parse_config(type_name, config, f"{path}.{type_name}")
+        where = f"{path}.{type_name}"
+        _bounded(config, where)
+        try:
+            size = len(json.dumps(config))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: not representable as JSON: {exc}") from exc
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{where}: {size} bytes as JSON, more than {MAX_CONFIG_BYTES}")
+        parse_config(type_name, config, where)
     return dict(fields)
 
 
@@ -127,7 +192,7 @@ def _service(obj: object, path: str) -> ServiceSpec:
     fields = _fields(obj, path, ("name", "encryptionRequired", "roleAttributes", "configs"),
                      ("name",))
     return ServiceSpec(
-        name=_name(fields["name"], f"{path}.name"),
+        name=entity_name(fields["name"], f"{path}.name"),
         encryption_required=_bool(fields.get("encryptionRequired", True),
                                   f"{path}.encryptionRequired"),
         role_attributes=_strings(fields.get("roleAttributes"), f"{path}.roleAttributes"),
@@ -139,7 +204,7 @@ def _policy(obj: object, path: str) -> PolicySpec:
     allowed = ("name", "type", "semantic", "identityRoles", "serviceRoles")
     fields = _fields(obj, path, allowed, ("name", "type", "identityRoles", "serviceRoles"))
     return PolicySpec(
-        name=_name(fields["name"], f"{path}.name"),
+        name=entity_name(fields["name"], f"{path}.name"),
         type=_choice(fields["type"], f"{path}.type", POLICY_TYPES),
         semantic=_choice(fields.get("semantic", "AnyOf"), f"{path}.semantic", SEMANTICS),
         identity_roles=_strings(fields["identityRoles"], f"{path}.identityRoles", role=True),
@@ -186,11 +251,9 @@ def load(path: Path) -> ApplyFile:
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
     try:
-        document = yaml.safe_load(data)
+        return parse_document(yaml.load(data, Loader=_BoundedLoader))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    try:
-        return parse_document(document)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 

@@ -279,3 +279,86 @@ def test_service_updates_follow_policy_changes(tmp_path: Path) -> None:
             after = (await request(context, "GET", url, token=token)).body["data"]["lastChangeAt"]
             assert after != before
     asyncio.run(scenario())
+
+
+# -- security.md SEC-07..SEC-11 ----------------------------------------------------------------
+
+def test_a_leaked_api_session_token_is_useless_without_the_certificate(net: Path,
+                                                                       tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(net) as running:
+            laptop = await _enrolled(running, "laptop", tmp_path)
+            token = await _login(running, laptop)
+            anonymous = client_context(_ca(running))
+            for method, path in (("GET", "/services"), ("GET", "/current-identity"),
+                                 ("GET", "/current-api-session")):
+                reply = await request(anonymous, method, f"{running.url}{path}", token=token)
+                _assert_error(reply, 401, "REQUIRES_CERT_AUTH")
+            llm = running.store.service_by_name("llm")
+            assert llm is not None
+            reply = await request(anonymous, "POST", f"{running.url}/sessions", token=token,
+                                  data=b'{"serviceId": "%s", "type": "Dial"}' % llm.id.encode())
+            _assert_error(reply, 401, "REQUIRES_CERT_AUTH")
+            assert (await request(laptop, "GET", f"{running.url}/services", token=token)
+                    ).status == 200
+    asyncio.run(scenario())
+
+
+def test_hostile_bodies_get_a_400_or_415_never_a_500(net: Path, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(net) as running:
+            context = await _enrolled(running, "laptop", tmp_path)
+            token = await _login(running, context)
+            url = f"{running.url}/sessions"
+            for body in (b"[" * 100_000, b'{"a":' * 50_000 + b"1" + b"}" * 50_000):
+                reply = await request(context, "POST", url, token=token, data=body)
+                _assert_error(reply, 400, "COULD_NOT_PARSE_BODY")
+            llm = running.store.service_by_name("llm")
+            assert llm is not None
+            valid = b'{"serviceId": "%s", "type": "Dial"}' % llm.id.encode()
+            for content_type in ("text/plain", "application/x-www-form-urlencoded", ""):
+                reply = await request(context, "POST", url, token=token, data=valid,
+                                      content_type=content_type)
+                _assert_error(reply, 415, "UNSUPPORTED_MEDIA_TYPE")
+            assert (await request(context, "POST", url, token=token, data=valid)).status == 201
+            enroll = await request(client_context(_ca(running)), "POST",
+                                   f"{running.url}/enroll?method=ott&token={_token(running, 'x')}",
+                                   data=make_csr()[1], content_type="application/json")
+            _assert_error(enroll, 415, "UNSUPPORTED_MEDIA_TYPE")
+    asyncio.run(scenario())
+
+
+def test_enrollment_checks_the_token_before_the_csr_and_a_bad_csr_burns_nothing(
+        net: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(net) as running:
+            unknown = await _enroll(running, "no-such-token", b"garbage, not a CSR")
+            _assert_error(unknown, 400, "INVALID_ENROLLMENT_TOKEN")
+            assert "unknown or already used" in unknown.body["error"]["message"]
+            token = _token(running, "laptop")
+            garbage = await _enroll(running, token, b"garbage, not a CSR")
+            _assert_error(garbage, 400, "INVALID_ENROLLMENT_TOKEN")
+            assert "certificate request" in garbage.body["error"]["message"]
+            assert (await _enroll(running, token, make_csr()[1])).status == 200
+    asyncio.run(scenario())
+
+
+def test_not_found_answers_name_no_identity_and_do_not_tell_missing_from_forbidden(
+        net: Path, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(net) as running:
+            context = await _enrolled(running, "stranger", tmp_path)
+            token = await _login(running, context)
+            llm = running.store.service_by_name("llm")
+            assert llm is not None
+            answers = []
+            for service_id in (llm.id, "0123456789abcdef"):
+                reply = await request(context, "POST", f"{running.url}/sessions", token=token,
+                                      data=b'{"serviceId": "%s", "type": "Dial"}' %
+                                      service_id.encode())
+                _assert_error(reply, 404, "NOT_FOUND")
+                message = reply.body["error"]["message"]
+                assert "stranger" not in message and "llm" not in message
+                answers.append(message.replace(service_id, "ID"))
+            assert answers[0] == answers[1]
+    asyncio.run(scenario())

@@ -209,6 +209,20 @@ def test_bad_session_is_invalid_session(case: str) -> None:
     assert refused.get_int(e.ERROR_CODE_HEADER) == e.ERROR_INVALID_SESSION
 
 
+def test_session_of_another_api_session_of_the_same_identity_is_refused() -> None:
+    w = World()
+    other = ApiSessionInfo("as-dialer-2", "token-2", w.dialer_api.identity_id, "dialer",
+                           w.dialer_api.cert_fingerprints)
+    w.auth.api_sessions[other.token] = other
+    foreign = w.auth.add_session(other, "svc", "Dial")
+    w.dialer.request(e.connect(7, foreign.token, "dialer"))
+    refused = w.dialer.one()
+    assert refused.content_type == e.CONTENT_TYPE_STATE_CLOSED
+    assert e.body_text(refused) == e.INVALID_SESSION  # so the SDK gets a session of its own
+    assert refused.get_int(e.ERROR_CODE_HEADER) == e.ERROR_INVALID_SESSION
+    assert not w.core.book.circuits
+
+
 def test_dial_not_permitted_is_refused_without_retry_text() -> None:
     w = World()
     w.auth.revoke(w.dialer_api, "svc", "Dial")

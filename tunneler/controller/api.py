@@ -43,6 +43,8 @@ TLS_HANDSHAKE_TIMEOUT = 10.0
 SESSION_HEADER = "zt-session"
 INSTANCE_HEADER = "ziti-instance-id"
 PREFIXES = ("", views.API_PATH)
+JSON_TYPES = frozenset({"application/json"})
+CSR_TYPES = frozenset({"text/plain", "application/x-pem-file", "application/pkcs10"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,6 +58,12 @@ class ApiSettings:
     trust_domain: str
     ca_cert: x509.Certificate
     ca_key: pki.PrivateKey
+
+
+def _require_content_type(request: web.Request, accepted: frozenset[str]) -> None:
+    if request.content_type not in accepted:
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type must be one of "
+                       f"{', '.join(sorted(accepted))}, not {request.content_type!r}")
 
 
 def _peer_fingerprint(request: web.Request) -> str | None:
@@ -133,7 +141,10 @@ class ControllerApi:
         if session is None:
             raise unauthorized("no valid zt-session; authenticate again")
         presented = _peer_fingerprint(request)
-        if presented is not None and presented != session.fingerprint:
+        if presented is None:
+            raise unauthorized("a client certificate is required with zt-session",
+                               code="REQUIRES_CERT_AUTH")
+        if presented != session.fingerprint:
             raise unauthorized("client certificate does not belong to this API session")
         return session
 
@@ -141,10 +152,13 @@ class ControllerApi:
         raw = await request.read()
         if not raw.strip():
             return {}
+        _require_content_type(request, JSON_TYPES)
         try:
             return json.loads(raw)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise bad_request("COULD_NOT_PARSE_BODY", "request body is not JSON") from exc
+        except RecursionError as exc:
+            raise bad_request("COULD_NOT_PARSE_BODY", "request body nests too deeply") from exc
 
     # -- enrollment --------------------------------------------------------------------------
 
@@ -163,12 +177,14 @@ class ControllerApi:
             raise bad_request("INVALID_ENROLLMENT_METHOD", "only method=ott is supported")
         token = request.query.get("token", "")
         csr_pem = await request.read()
+        _require_content_type(request, CSR_TYPES)
         try:
-            csr = load_csr(csr_pem)
             if not token:
                 raise EnrollmentError("missing enrollment token")
+            # The token is checked first; the CSR is parsed only for a valid token, inside the
+            # transaction, so a bad CSR leaves the token unused.
             identity, cert = self._store.consume_enrollment(token, lambda ident: self._issue(
-                csr, ident))
+                load_csr(csr_pem), ident))
         except EnrollmentError as exc:
             log.warning("controller.enrollment_refused", reason=str(exc))
             raise bad_request("INVALID_ENROLLMENT_TOKEN", str(exc)) from exc
@@ -256,13 +272,12 @@ class ControllerApi:
             raise bad_request("COULD_NOT_VALIDATE", "type must be Dial or Bind")
         service = self._store.service_by_id(body["serviceId"])
         identity = self._identity(api_session)
-        if service is None:
-            raise not_found(f"service {body['serviceId']!r} not found")
-        if kind not in self._store.permissions(identity, service).kinds:
+        if service is None or kind not in self._store.permissions(identity, service).kinds:
             log.warning("controller.session_refused", identity=identity.name,
-                        service=service.name, type=kind)
-            raise not_found(f"identity {identity.name!r} has no {kind} permission for service "
-                            f"{service.name!r}")
+                        service_id=body["serviceId"], type=kind)
+            # One answer for "no such service" and "not permitted": ids are not probed.
+            raise not_found(f"service {body['serviceId']!r} does not exist or this identity has "
+                            f"no {kind} permission for it")
         routers = self._store.routers()
         if not routers:
             raise ApiError(503, "NO_EDGE_ROUTERS_AVAILABLE", "the network has no edge router")

@@ -54,6 +54,11 @@ class CircuitBook:
         session = self._authority.session_by_token(e.body_text(request))
         if session is None or session.type != kind or session.identity_id != identity_id:
             return None, e.INVALID_SESSION, e.ERROR_INVALID_SESSION
+        if session.api_session_id != ch.api_session.id:
+            # "Invalid Session" makes every SDK fetch a new session under its current API session.
+            log.info("router.session_of_other_api_session", channel=ch.id,
+                     api_session=ch.api_session.id, session_api_session=session.api_session_id)
+            return None, e.INVALID_SESSION, e.ERROR_INVALID_SESSION
         if not self._authority.is_permitted(identity_id, session.service_id, kind):
             return None, (f"identity {ch.identity_name} is not permitted to "
                           f"{kind.lower()} service {session.service_name}"), e.ERROR_INVALID_SERVICE

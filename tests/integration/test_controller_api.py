@@ -281,7 +281,7 @@ def test_service_updates_follow_policy_changes(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-# -- security.md SEC-07..SEC-11 ----------------------------------------------------------------
+# -- security.md SEC-08..SEC-11 ----------------------------------------------------------------
 
 def test_a_leaked_api_session_token_is_useless_without_the_certificate(net: Path,
                                                                        tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ CORES = [
     "packet/checksum.py", "nat.py", "intercept.py", "dns/pool.py", "dns/answer.py",
     "tun/route_plan.py", "router/core.py", "router/circuits.py", "router/frames.py",
     "router/terminators.py", "client/targets.py", "client/backoff.py", "client/services.py",
+    "dnsname.py",
 ]
 NO_IO = {"asyncio", "socket", "ssl", "fcntl", "subprocess", "time", "select", "threading",
          "uvloop", "aiohttp", "pyroute2"}
@@ -70,3 +71,16 @@ def test_every_module_has_a_docstring() -> None:
     missing = [p.relative_to(ROOT).as_posix() for p in _modules()
                if ast.get_docstring(ast.parse(p.read_text())) is None]
     assert not missing, missing
+
+
+def test_no_shell_anywhere() -> None:
+    """Commands are argv lists: no `shell=True`, `os.system` or `os.popen` (security.md SEC-32)."""
+    offenders = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "shell":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.value.lineno} shell=")
+            elif isinstance(node, ast.Attribute) and node.attr in ("system", "popen") and \
+                    isinstance(node.value, ast.Name) and node.value.id == "os":
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} os.{node.attr}")
+    assert offenders == []

@@ -1,4 +1,4 @@
-"""Container files: least privilege in the recipes (SEC-30) and the entrypoint's own behaviour."""
+"""Container files: least privilege in the recipes (security.md SEC-30), the entrypoint itself."""
 
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ def test_file_level_errors(tmp_path: Path) -> None:
     assert policyfile.load(_write(tmp_path, "")) == policyfile.ApplyFile((), (), ())
 
 
-# -- bounded by structure (security.md SEC-05, SEC-06) ---------------------------------------
+# -- bounded by structure (security.md SEC-06, SEC-07) ---------------------------------------
 
 ALIAS_BOMB = "services:\n  - name: bomb\n    configs:\n      host.v2:\n" + "".join(
     f"        l{i}: &l{i} [{', '.join([f'*l{i - 1}' if i else 'x'] * 9)}]\n" for i in range(9))

@@ -16,7 +16,7 @@ Format (OpenZiti entity field names; every section optional)::
 Entities are upserted by name; entities absent from the file are left alone. Errors name the
 path of the bad field (`services[0].configs.intercept.v1.portRanges[0].low: ...`).
 
-Input is bounded by structure as well as by bytes (security.md SEC-05): YAML aliases are
+Input is bounded by structure as well as by bytes (security.md SEC-06, SEC-07): YAML aliases are
 refused (a 600-byte file of nested aliases expands to gigabytes), a document has at most
 `MAX_NODES` nodes nested at most `MAX_DEPTH` deep, and each stored config, parsed or not, is at
 most `MAX_CONFIG_BYTES` of JSON nested at most `MAX_CONFIG_DEPTH` deep. Names are 1..255

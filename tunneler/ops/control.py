@@ -4,7 +4,7 @@ Request ``{"command": NAME, "data": {...}}`` → response
 ``{"success": bool, "error": str | null, "data": ...}``. Commands: ``status``,
 ``intercepts``, ``set_log_level`` (``{"level": "debug"}``) and ``refresh``.
 
-Access (reliability.md TM-23/SEC-26): the socket file is mode 0660 (group: the daemon's
+Access (security.md SEC-31): the socket file is mode 0660 (group: the daemon's
 group or `group`), and every connection's peer is checked with SO_PEERCRED: root, the
 daemon's own user, or a member of the socket's group. Requests are capped at
 `MAX_REQUEST` bytes, clients at `MAX_CLIENTS`, idle connections close after

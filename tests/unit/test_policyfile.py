@@ -142,16 +142,30 @@ ALIAS_BOMB = "services:\n  - name: bomb\n    configs:\n      host.v2:\n" + "".jo
 
 def test_yaml_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
     assert len(ALIAS_BOMB) < 700
-    with pytest.raises(ConfigError, match=r"line 6, column \d+: YAML aliases \(\*l0\) are not "
-                                          r"accepted"):
+    with pytest.raises(ConfigError, match=r"line 10, column \d+: more than 100000 YAML nodes once "
+                                          r"aliases are expanded"):
         policyfile.load(_write(tmp_path, ALIAS_BOMB))
-    with pytest.raises(ConfigError, match="aliases"):
-        policyfile.load(_write(tmp_path, "identities:\n  - &x {name: a}\n  - *x\n"))
+    with pytest.raises(ConfigError, match="refers to a node that contains it"):
+        policyfile.load(_write(tmp_path, "identities: &x [{name: a, roleAttributes: *x}]\n"))
+
+
+def test_plain_aliases_as_safe_dump_writes_them_are_fine(tmp_path: Path) -> None:
+    shared = {"protocols": ["tcp"], "addresses": ["a.test"], "portRanges": [{"low": 1, "high": 2}]}
+    doc = {"services": [{"name": "a", "configs": {"intercept.v1": shared}},
+                        {"name": "b", "configs": {"intercept.v1": shared}}]}
+    text = yaml.safe_dump(doc)
+    assert "*id001" in text
+    spec = policyfile.load(_write(tmp_path, text))
+    assert spec.services[1].configs["intercept.v1"]["addresses"] == ["a.test"]
 
 
 @pytest.mark.parametrize(("text", "message"), [
     ("[" + "0," * 1001 + "]", "more than 1000 YAML nodes"),
     ("[" * 200 + "]" * 200, "nested deeper than 64 levels"),
+    ("[" * 400_000 + "]" * 400_000, "nested deeper than 64 levels"),
+    ("a: &a [[[[[[[[[[1]]]]]]]]]]\nb: &b [*a, [[[[[[[[[[*a]]]]]]]]]]]\n" +
+     "".join(f"c{i}: &c{i} [[[[[[[[[[*{'c' + str(i - 1) if i else 'b'}]]]]]]]]]]\n"
+             for i in range(6)), "nested deeper than 64 levels"),
 ])
 def test_yaml_node_count_and_depth_are_capped(tmp_path: Path, text: str, message: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:

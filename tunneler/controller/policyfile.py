@@ -16,9 +16,10 @@ Format (OpenZiti entity field names; every section optional)::
 Entities are upserted by name; entities absent from the file are left alone. Errors name the
 path of the bad field (`services[0].configs.intercept.v1.portRanges[0].low: ...`).
 
-Input is bounded by structure as well as by bytes (security.md SEC-06, SEC-07): YAML aliases are
-refused (a 600-byte file of nested aliases expands to gigabytes), a document has at most
-`MAX_NODES` nodes nested at most `MAX_DEPTH` deep, and each stored config, parsed or not, is at
+Input is bounded by structure as well as by bytes (security.md SEC-06, SEC-07): a document has
+at most `MAX_NODES` nodes nested at most `MAX_DEPTH` deep *counted with its aliases expanded*
+(a 600-byte file of nested aliases expands to gigabytes; plain aliases, as `yaml.safe_dump`
+writes them, stay fine), and each stored config, parsed or not, is at
 most `MAX_CONFIG_BYTES` of JSON nested at most `MAX_CONFIG_DEPTH` deep. Names are 1..255
 characters, not blank, without control characters (the same rule for `network enroll-token`).
 """
@@ -48,29 +49,51 @@ MAX_CONFIG_DEPTH = 32
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses aliases and caps the node count and the nesting depth."""
+    """SafeLoader that caps the document as it would be once its aliases are expanded.
+
+    Each composed node records its expanded size and depth (an alias counts the whole node it
+    names), so a few bytes of nested aliases are refused before anything expands them; an
+    alias to a node that encloses it (a recursive document) is refused too.
+    """
 
     def __init__(self, stream: bytes) -> None:
         super().__init__(stream)
-        self._nodes = 0
-        self._depth = 0
+        self._expanded: dict[int, tuple[int, int]] = {}  # id(node) -> (size, depth)
+        self._open = 0  # nodes being composed (stops deep nesting before it recurses deeply)
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         event = self.peek_event()  # type: ignore[no-untyped-call]
         where = f"line {event.start_mark.line + 1}, column {event.start_mark.column + 1}"
-        if isinstance(event, yaml.AliasEvent):
-            raise ConfigError(f"{where}: YAML aliases (*{event.anchor}) are not accepted; "
-                              "write the value out")
-        self._nodes += 1
-        if self._nodes > MAX_NODES:
-            raise ConfigError(f"{where}: more than {MAX_NODES} YAML nodes")
-        if self._depth >= MAX_DEPTH:
+        if self._open >= MAX_DEPTH:
             raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels")
-        self._depth += 1
+        self._open += 1
         try:
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
         finally:
-            self._depth -= 1
+            self._open -= 1
+        if node is None or isinstance(event, yaml.AliasEvent):
+            return node
+        size, depth = 1, 1
+        for child in _children(node):
+            expanded = self._expanded.get(id(child))
+            if expanded is None:
+                raise ConfigError(f"{where}: a YAML alias refers to a node that contains it")
+            size, depth = size + expanded[0], max(depth, expanded[1] + 1)
+        if size > MAX_NODES:
+            raise ConfigError(f"{where}: more than {MAX_NODES} YAML nodes once aliases are "
+                              "expanded")
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        self._expanded[id(node)] = (size, depth)
+        return node
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    return []
 
 
 @dataclass(frozen=True)

@@ -329,12 +329,19 @@ class Store:
         return SessionInfo(session_id, token, kind, service.id, service.name,
                            api_session.identity_id, api_session.id, service.encryption_required)
 
+    def session_by_id(self, session_id: str) -> SessionInfo | None:
+        """`GET /sessions/{id}`: the session with that id (its API session still live)."""
+        return self._session_where("s.id = ?", session_id)
+
     def session_by_token(self, token: str) -> SessionInfo | None:
         """RouterAuthority: the session for an edge Connect/Bind token."""
+        return self._session_where("s.token = ?", token)
+
+    def _session_where(self, condition: str, value: str) -> SessionInfo | None:
         row = self._one("SELECT s.*, v.name AS service_name, v.encryption_required FROM sessions s "
                         "JOIN services v ON v.id = s.service_id JOIN api_sessions a "
-                        "ON a.id = s.api_session_id WHERE s.token = ? AND a.expires_at >= ?",
-                        token, self._clock())
+                        f"ON a.id = s.api_session_id WHERE {condition} AND a.expires_at >= ?",
+                        value, self._clock())
         if row is None:
             return None
         return SessionInfo(row["id"], row["token"], row["type"], row["service_id"],

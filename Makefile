@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: deps sysdeps demo test lint unit bench clean
+.PHONY: deps peers sysdeps demo test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-deps: $(STAMP)
+# libziti 1.18.3 (the current OpenZiti C SDK) in its own venv, when its kit is on this machine.
+peers: $(STAMP)
+	PYTHON=$(PYTHON) bash scripts/peers.sh
+
+deps: $(STAMP) peers
 
 # Debian packages used by the demo and the privileged tests (installed when root with apt-get).
 sysdeps:

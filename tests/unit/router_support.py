@@ -71,6 +71,7 @@ class Recorder:
         self.written = bytearray()
         self.closed: str | None = None
         self.paused = False
+        self.nudges_acknowledged = 0
 
     def write(self, data: bytes) -> None:
         self.written += data
@@ -83,6 +84,9 @@ class Recorder:
 
     def resume_reading(self) -> None:
         self.paused = False
+
+    def nudge_acknowledged(self) -> None:
+        self.nudges_acknowledged += 1
 
 
 class SimPeer:

@@ -116,12 +116,14 @@ class ChannelConnection:
         return self.send(message)
 
     def send_result(self, request: Message, success: bool, text: str = "",
-                    version: str | None = None) -> int:
-        """Answer a request with a channel Result (content type 2)."""
+                    version: str | None = None,
+                    headers: dict[int, bytes] | None = None) -> int:
+        """Answer a request with a channel Result (content type 2), plus any `headers`."""
         result = Message(CONTENT_TYPE_RESULT, body=text.encode())
         result.set_bool(RESULT_SUCCESS_HEADER, success)
         if version is not None:
             result.set_str(HELLO_VERSION_HEADER, version)
+        result.headers.update(headers or {})
         return self.reply(request, result)
 
     def data_to_send(self) -> bytes:

@@ -23,12 +23,13 @@ from tunneler.controller import pki, views
 from tunneler.controller.apierrors import (
     ApiError,
     bad_request,
+    challenge,
     error_response,
     not_found,
     unauthorized,
 )
 from tunneler.controller.csr import load_csr
-from tunneler.controller.models import ApiSession, Identity, iso_time
+from tunneler.controller.models import ApiSession, Identity, Service, iso_time
 from tunneler.controller.paging import page, parse_name_filter, wanted_config_types
 from tunneler.controller.store import Store
 from tunneler.errors import EnrollmentError
@@ -54,10 +55,12 @@ class ApiSettings:
     """What the API needs besides the store."""
 
     instance_id: str
+    name: str
     controller_url: str
     trust_domain: str
     ca_cert: x509.Certificate
     ca_key: pki.PrivateKey
+    server_cert: x509.Certificate
 
 
 def _require_content_type(request: web.Request, accepted: frozenset[str]) -> None:
@@ -98,6 +101,10 @@ class ControllerApi:
             ("GET", "/current-api-session/service-updates", self.get_service_updates),
             ("GET", "/services", self.get_services),
             ("POST", "/sessions", self.post_sessions),
+            ("GET", "/sessions/{id}", self.get_session),
+            ("GET", "/services/{id}/edge-routers", self.get_service_edge_routers),
+            ("GET", "/external-jwt-signers", self.get_external_jwt_signers),
+            ("GET", "/controllers", self.get_controllers),
         ]
         for prefix in PREFIXES:
             for method, path, handler in routes:
@@ -137,9 +144,13 @@ class ControllerApi:
 
     def _authenticated(self, request: web.Request) -> ApiSession:
         token = request.headers.get(SESSION_HEADER, "")
-        session = self._store.api_session(token) if token else None
+        if not token:
+            raise unauthorized("no zt-session; authenticate first", challenges=(
+                challenge("zt-session", "missing", "no matching token was provided"),))
+        session = self._store.api_session(token)
         if session is None:
-            raise unauthorized("no valid zt-session; authenticate again")
+            raise unauthorized("no valid zt-session; authenticate again", challenges=(
+                challenge("zt-session", "invalid", "token is invalid"),))
         presented = _peer_fingerprint(request)
         if presented is None:
             raise unauthorized("a client certificate is required with zt-session",
@@ -164,6 +175,17 @@ class ControllerApi:
 
     async def get_version(self, request: web.Request) -> web.Response:
         return json_response(views.envelope(views.version(self._settings.controller_url)))
+
+    async def get_external_jwt_signers(self, request: web.Request) -> web.Response:
+        return json_response(page(request.query, []))
+
+    async def get_controllers(self, request: web.Request) -> web.Response:
+        self._authenticated(request)
+        settings = self._settings
+        entry = views.controller(settings.instance_id, settings.name, settings.controller_url,
+                                 pki.cert_pem(settings.server_cert).decode(),
+                                 pki.fingerprint(settings.server_cert))
+        return json_response(page(request.query, [entry]))
 
     async def get_cacerts(self, request: web.Request) -> web.Response:
         der = pki.pkcs7_certs_only([self._settings.ca_cert])
@@ -262,6 +284,30 @@ class ControllerApi:
                 visible.append(views.service(service, granted, config_types))
         return json_response(page(request.query, visible))
 
+    def _visible_service(self, identity: Identity, service_id: str, kind: str | None = None
+                         ) -> Service:
+        """The service if this identity may use it (any permission, or `kind`); else 404."""
+        service = self._store.service_by_id(service_id)
+        kinds = self._store.permissions(identity, service).kinds if service is not None else ()
+        if service is None or not kinds or (kind is not None and kind not in kinds):
+            # One answer for "no such service" and "not permitted": ids are not probed.
+            raise not_found(f"service {service_id!r} does not exist or this identity has no "
+                            f"{kind or 'Dial or Bind'} permission for it")
+        return service
+
+    async def get_service_edge_routers(self, request: web.Request) -> web.Response:
+        session = self._authenticated(request)
+        self._visible_service(self._identity(session), request.match_info["id"])
+        return json_response(views.envelope(views.service_edge_routers(self._store.routers())))
+
+    async def get_session(self, request: web.Request) -> web.Response:
+        api_session = self._authenticated(request)
+        info = self._store.session_by_id(request.match_info["id"])
+        if info is None or info.api_session_id != api_session.id:
+            raise not_found("session does not exist or belongs to another API session")
+        return json_response(views.envelope(views.session(info, self._store.routers(),
+                                                          self._clock())))
+
     async def post_sessions(self, request: web.Request) -> web.Response:
         api_session = self._authenticated(request)
         body = await self._read_json(request)
@@ -270,14 +316,13 @@ class ControllerApi:
         kind = body.get("type", "Dial")
         if kind not in ("Dial", "Bind"):
             raise bad_request("COULD_NOT_VALIDATE", "type must be Dial or Bind")
-        service = self._store.service_by_id(body["serviceId"])
         identity = self._identity(api_session)
-        if service is None or kind not in self._store.permissions(identity, service).kinds:
+        try:
+            service = self._visible_service(identity, body["serviceId"], kind)
+        except ApiError:
             log.warning("controller.session_refused", identity=identity.name,
                         service_id=body["serviceId"], type=kind)
-            # One answer for "no such service" and "not permitted": ids are not probed.
-            raise not_found(f"service {body['serviceId']!r} does not exist or this identity has "
-                            f"no {kind} permission for it")
+            raise
         routers = self._store.routers()
         if not routers:
             raise ApiError(503, "NO_EDGE_ROUTERS_AVAILABLE", "the network has no edge router")

@@ -12,20 +12,37 @@ from tunneler.controller import views
 class ApiError(Exception):
     """An API error answered with the OpenZiti error envelope."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, *,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers or {}
 
 
 def bad_request(code: str, message: str) -> ApiError:
     return ApiError(400, code, message)
 
 
-def unauthorized(message: str, *, code: str = "UNAUTHORIZED") -> ApiError:
-    """A 401: the SDK maps UNAUTHORIZED/INVALID_AUTH to NOT_AUTHORIZED (re-authenticate)."""
-    return ApiError(401, code, message)
+def challenge(scheme: str, error: str, description: str) -> str:
+    """One `WWW-Authenticate` challenge as controller 2.x writes it.
+
+    `scheme` is `zt-session` (realm "zt-session") or `Bearer` (realm "openziti-oidc");
+    `error` is `missing`, `expired` or `invalid`.
+    """
+    realm = "zt-session" if scheme == "zt-session" else "openziti-oidc"
+    return f'{scheme} realm="{realm}" error="{error}" error_description="{description}"'
+
+
+def unauthorized(message: str, *, code: str = "UNAUTHORIZED",
+                 challenges: tuple[str, ...] = ()) -> ApiError:
+    """A 401: the SDK maps UNAUTHORIZED/INVALID_AUTH to NOT_AUTHORIZED (re-authenticate).
+
+    `challenges` become one `WWW-Authenticate` header, comma-separated.
+    """
+    headers = {"WWW-Authenticate": ",".join(challenges)} if challenges else None
+    return ApiError(401, code, message, headers=headers)
 
 
 def not_found(message: str) -> ApiError:
@@ -36,4 +53,5 @@ def not_found(message: str) -> ApiError:
 def error_response(error: ApiError, request_id: str) -> web.Response:
     """The JSON error envelope for `error`."""
     body = json.dumps(views.error_envelope(error.code, error.message, request_id)).encode()
-    return web.Response(body=body, status=error.status, content_type="application/json")
+    return web.Response(body=body, status=error.status, content_type="application/json",
+                        headers=error.headers)

@@ -93,9 +93,10 @@ class NetworkDir:
     def api_settings(self) -> ApiSettings:
         """What the Edge Client API needs from the directory."""
         return ApiSettings(
-            instance_id=self.config.instance_id, controller_url=self.config.controller_url,
-            trust_domain=self.config.instance_id, ca_cert=pki.load_cert(self.pki.ca_cert),
-            ca_key=pki.load_key(self.pki.ca_key))
+            instance_id=self.config.instance_id, name=self.config.hostname,
+            controller_url=self.config.controller_url, trust_domain=self.config.instance_id,
+            ca_cert=pki.load_cert(self.pki.ca_cert), ca_key=pki.load_key(self.pki.ca_key),
+            server_cert=pki.load_cert(self.pki.cert("ctrl")))
 
 
 def load(root: Path) -> NetworkDir:

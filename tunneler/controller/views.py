@@ -22,6 +22,8 @@ from tunneler.controller.models import (
 from tunneler.router.authority import SessionInfo
 
 API_PATH = "/edge/client/v1"
+OIDC_PATH = "/oidc"
+CAPABILITY_OIDC = "OIDC_AUTH"
 META = {"apiVersion": "0.0.1", "apiEnrollmentVersion": "0.0.1"}
 ALL_CONFIG_TYPES = "all"
 
@@ -43,16 +45,33 @@ def error_envelope(code: str, message: str, request_id: str) -> dict[str, Any]:
                       "causeMessage": "", "args": {"urlVars": {}}, "data": {}}, "meta": META}
 
 
-def version(controller_url: str) -> dict[str, Any]:
-    """`GET /version` data (version, revision, buildDate are required by 0.29.3)."""
-    return {
-        "version": f"v{__version__}", "revision": "tunneler", "buildDate": "2024-01-01 00:00:00",
-        "runtimeVersion": "python3",
-        "apiVersions": {
-            "edge": {"v1": {"path": API_PATH, "apiBaseUrls": [controller_url + API_PATH]}},
-            "edge-client": {"v1": {"path": API_PATH, "apiBaseUrls": [controller_url + API_PATH]}},
-        },
-    }
+def version(controller_url: str, *, oidc: bool = False) -> dict[str, Any]:
+    """`GET /version` data as controller 2.x shapes it.
+
+    version, revision and buildDate are required by libziti 0.29.3; `capabilities` must be an
+    array (libziti 1.x iterates it without a null check) and lists `OIDC_AUTH` only when the
+    `edge-oidc` API is served; `edge` is the legacy copy of `edge-client` that libziti reads.
+    """
+    client = {"v1": {"path": API_PATH, "apiBaseUrls": [controller_url + API_PATH]}}
+    apis: dict[str, Any] = {"edge": client, "edge-client": client}
+    capabilities = []
+    if oidc:
+        apis["edge-oidc"] = {"v1": {"path": OIDC_PATH, "apiBaseUrls": [controller_url + OIDC_PATH]}}
+        capabilities.append(CAPABILITY_OIDC)
+    return {"version": f"v{__version__}", "revision": "tunneler",
+            "buildDate": "2024-01-01 00:00:00", "runtimeVersion": "python3",
+            "apiVersions": apis, "capabilities": capabilities}
+
+
+def controller(instance_id: str, name: str, controller_url: str, cert_pem: str,
+               fingerprint: str, *, oidc: bool = False) -> dict[str, Any]:
+    """One entry of `GET /controllers` (libziti keeps the `edge-client` address of `v1`)."""
+    addresses = {"edge-client": [{"url": controller_url + API_PATH, "version": "v1"}]}
+    if oidc:
+        addresses["edge-oidc"] = [{"url": controller_url + OIDC_PATH, "version": "v1"}]
+    return {"id": instance_id, "name": name, "apiAddresses": addresses, "isOnline": True,
+            "certPem": cert_pem, "fingerprint": fingerprint, "ctrlAddress": controller_url,
+            **_stamps(0, 0)}
 
 
 def _ref(entity_id: str, name: str, entity: str) -> dict[str, Any]:
@@ -117,6 +136,11 @@ def service(entity: Service, granted: Permissions, config_types: Sequence[str]) 
         "terminatorStrategy": "smartrouting", "roleAttributes": list(entity.role_attributes),
         **_stamps(entity.created_at, entity.updated_at),
     }
+
+
+def service_edge_routers(routers: Sequence[Router]) -> dict[str, Any]:
+    """`GET /services/{id}/edge-routers` data (libziti 1.x reads it before a Bind)."""
+    return {"edgeRouters": [edge_router(r) for r in routers]}
 
 
 def session(info: SessionInfo, routers: Sequence[Router], created_at: float) -> dict[str, Any]:

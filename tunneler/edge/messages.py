@@ -22,6 +22,8 @@ CONTENT_TYPE_BIND = 60790
 CONTENT_TYPE_UNBIND = 60791
 CONTENT_TYPE_STATE_SESSION_ENDED = 60792
 CONTENT_TYPE_UPDATE_BIND = 60794
+CONTENT_TYPE_CONN_INSPECT_REQUEST = 60798
+CONTENT_TYPE_CONN_INSPECT_RESPONSE = 60799
 
 CONN_ID_HEADER = 1000
 SEQ_HEADER = 1001
@@ -36,6 +38,8 @@ FLAGS_HEADER = 1010
 APP_DATA_HEADER = 1011
 ROUTER_PROVIDED_CONN_ID_HEADER = 1012
 ERROR_CODE_HEADER = 1014
+SUPPORTS_INSPECT_HEADER = 1023
+ROUTER_CAPABILITIES_HEADER = 1039
 
 FIN_FLAG = 1
 
@@ -103,10 +107,22 @@ def unbind(conn_id: int, session_token: str) -> Message:
 
 
 def dial(listener_id: int, session_token: str, caller_id: str, *,
-         public_key: bytes | None = None, app_data: bytes | None = None) -> Message:
-    """Router → host: a dialer wants a connection through this listener."""
+         public_key: bytes | None = None, app_data: bytes | None = None,
+         router_conn_id: int | None = None) -> Message:
+    """Router → host: a dialer wants a connection through this listener.
+
+    `router_conn_id` (header 1012) is the id the router assigned to the host's new connection,
+    for hosts whose Bind asked for router-provided ids (libziti 1.x).
+    """
     message = _edge(CONTENT_TYPE_DIAL, listener_id, body=session_token.encode())
+    if router_conn_id is not None:
+        message.set_int32(ROUTER_PROVIDED_CONN_ID_HEADER, router_conn_id)
     return _with_optional(message, caller_id, public_key, None, app_data)
+
+
+def conn_inspect_request(conn_id: int) -> Message:
+    """Router → SDK: ask about one connection (the SDK answers with ConnInspectResponse)."""
+    return _edge(CONTENT_TYPE_CONN_INSPECT_REQUEST, conn_id)
 
 
 def dial_success(listener_id: int, new_conn_id: int) -> Message:

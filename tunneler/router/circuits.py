@@ -112,9 +112,12 @@ class CircuitBook:
         circuit = Circuit(self._next_circuit_id, session, ch, conn_id, terminator, msg,
                           dialer_key if session.encryption_required else None)
         self._next_circuit_id += 1
+        if terminator.assign_ids:
+            circuit.assigned_conn_id = terminator.channel.assign_conn_id()
         dial = e.dial(terminator.listener_id, terminator.session.token, ch.identity_name,
                       public_key=circuit.dialer_key,
-                      app_data=msg.headers.get(e.APP_DATA_HEADER))
+                      app_data=msg.headers.get(e.APP_DATA_HEADER),
+                      router_conn_id=circuit.assigned_conn_id)
         circuit.dial_sequence = self._out.request(terminator.channel, dial, now, DIAL_TIMEOUT)
         terminator.channel.pending_dials[circuit.dial_sequence] = circuit
         ch.routes[conn_id] = Route(circuit, "dialer")
@@ -129,7 +132,9 @@ class CircuitBook:
             return
         if msg.content_type == e.CONTENT_TYPE_DIAL_SUCCESS:
             child = e.new_conn_id_of(msg)
-            if child is None or self._id_in_use(host, child):
+            assigned = circuit.assigned_conn_id
+            if child is None or self._id_in_use(host, child) or (
+                    assigned is not None and child != assigned):
                 self._out.reply(host, msg, e.state_closed(child or 0, "invalid connection id"))
                 self._fail_dial(circuit, "host answered the dial with an invalid connection id",
                                 "bad_dial_success")
@@ -157,7 +162,10 @@ class CircuitBook:
     def _establish(self, circuit: Circuit, dial_success: Message, child: int) -> None:
         host, dialer = circuit.host, circuit.dialer
         circuit.host_conn_id = child
-        self._out.reply(host, dial_success, e.state_connected(circuit.terminator.listener_id))
+        if not circuit.terminator.assign_ids:
+            # Legacy hosts (libziti 0.29.3, tunneler) wait for this reply before sending; hosts
+            # with router-provided ids (libziti 1.x) do not expect one, as with OpenZiti.
+            self._out.reply(host, dial_success, e.state_connected(circuit.terminator.listener_id))
         key = circuit.terminator.public_key if circuit.session.encryption_required else None
         self._out.reply(dialer, circuit.connect,
                         e.state_connected(circuit.dialer_conn_id, public_key=key))
@@ -279,24 +287,29 @@ class CircuitBook:
             return
         if conn_id in ch.listeners:
             self._remove_terminator(ch.listeners[conn_id], "rebound")
-        self._add_terminator(ch, msg, conn_id, session, key)
-        self._out.reply(ch, msg, e.state_connected(conn_id))
+        terminator = self._add_terminator(ch, msg, conn_id, session, key)
+        connected = e.state_connected(conn_id)
+        if terminator.assign_ids:
+            connected.set_bool(e.ROUTER_PROVIDED_CONN_ID_HEADER, True)
+        self._out.reply(ch, msg, connected)
 
     def _add_terminator(self, ch: RouterChannel, msg: Message, conn_id: int,
-                        session: SessionInfo, key: bytes | None) -> None:
+                        session: SessionInfo, key: bytes | None) -> Terminator:
         cost = msg.headers.get(e.COST_HEADER, b"")
         precedence = msg.headers.get(e.PRECEDENCE_HEADER, b"")
         terminator = Terminator(
             id=uuid.uuid4().hex, session=session, channel=ch, listener_id=conn_id,
             public_key=key, cost=int.from_bytes(cost[:2], "little"),
             precedence=precedence[0] if precedence else e.PRECEDENCE_DEFAULT,
-            identity=msg.get_str(e.TERMINATOR_IDENTITY_HEADER) or "")
+            identity=msg.get_str(e.TERMINATOR_IDENTITY_HEADER) or "",
+            assign_ids=msg.get_bool(e.ROUTER_PROVIDED_CONN_ID_HEADER))
         ch.listeners[conn_id] = terminator
         self.terminators.add(terminator)
         self._stats.terminators_active += 1
         log.info("router.terminator_added", terminator=terminator.id,
                  service=session.service_name, host=ch.identity_name, channel=ch.id,
                  cost=terminator.cost, precedence=terminator.precedence)
+        return terminator
 
     def unbind(self, ch: RouterChannel, msg: Message, now: float) -> None:
         """A host removes its terminator."""

@@ -28,9 +28,10 @@ from tunneler.log import get_logger
 from tunneler.router.authority import ApiSessionInfo, RouterAuthority
 from tunneler.router.circuits import CircuitBook
 from tunneler.router.outbox import Outbox
-from tunneler.router.state import ChannelSink, RouterChannel, RouterStats
+from tunneler.router.state import NUDGE_CONN_ID, ChannelSink, RouterChannel, RouterStats
 
 MAX_BODY_LEN = 1024 * 1024
+ROUTER_CAPABILITIES = b""  # big-endian bit mask (ziti common/capabilities); no bit is ours
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 log = get_logger("router")
 
@@ -65,6 +66,7 @@ class RouterCore:
             e.CONTENT_TYPE_STATE_CLOSED: self.book.state_closed,
             e.CONTENT_TYPE_DIAL_SUCCESS: self.book.late_dial_answer,
             e.CONTENT_TYPE_DIAL_FAILED: self.book.late_dial_answer,
+            e.CONTENT_TYPE_CONN_INSPECT_RESPONSE: self._inspect_answered,
         }
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -101,6 +103,26 @@ class RouterCore:
     def set_congested(self, ch: RouterChannel, congested: bool) -> None:
         """The transport of `ch` crossed its high (True) or low (False) water mark."""
         self.outbox.set_congested(ch, congested)
+
+    # -- read nudges ------------------------------------------------------------------------------
+    def nudge(self, ch: RouterChannel) -> bool:
+        """Send a read nudge (a ConnInspectRequest for no connection) to an SDK that answers
+        them; False when the channel does not take nudges.
+
+        libziti 1.18 (tlsuv 0.42 `process_inbound`) reads at most 16 x 64 KiB per socket
+        event; whatever TLS already decrypted beyond that waits for the next bytes to arrive.
+        After a burst of 1 MiB or more the adapter nudges once the channel is quiet, and again
+        until the SDK answers, so the tail of the burst is delivered (docs/compatibility.md).
+        """
+        if not ch.supports_inspect or ch.closing is not None:
+            return False
+        ch.nudge_sequence = self.outbox.send(ch, e.conn_inspect_request(NUDGE_CONN_ID))
+        return True
+
+    def _inspect_answered(self, ch: RouterChannel, msg: Message, now: float) -> None:
+        if ch.nudge_sequence is not None and msg.reply_for == ch.nudge_sequence:
+            ch.nudge_sequence = None
+            ch.sink.nudge_acknowledged()
 
     # -- receiving -------------------------------------------------------------------------------
     def receive(self, ch: RouterChannel, data: bytes | bytearray | memoryview, now: float) -> None:
@@ -156,10 +178,15 @@ class RouterCore:
             self.outbox.close(ch)
             return
         ch.api_session = api
+        ch.supports_inspect = hello.get_bool(e.SUPPORTS_INSPECT_HEADER)
         ch.splitter.max_headers_len = MAX_HEADERS_LEN
         ch.splitter.max_body_len = self._max_body_len
         self.outbox.dirty.add(ch)
-        ch.conn.send_result(hello, True, version=self._hello_version)
+        # As OpenZiti 2.x routers, but only what we implement: the capability mask (none of
+        # MultiChannel, ConnectV2, ServiceSubscriptions, PostureChecks, BindSuccess) and no
+        # SupportsPostureChecks/SupportsBindSuccess headers.
+        ch.conn.send_result(hello, True, version=self._hello_version,
+                            headers={e.ROUTER_CAPABILITIES_HEADER: ROUTER_CAPABILITIES})
         log.info("router.channel_accepted", channel=ch.id, peer=ch.peer,
                  identity=api.identity_name)
 

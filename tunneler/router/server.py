@@ -21,6 +21,7 @@ from tunneler import aio
 from tunneler.log import get_logger
 from tunneler.router.authority import RouterAuthority
 from tunneler.router.core import RouterCore
+from tunneler.router.nudge import ReadNudger
 from tunneler.router.state import RouterChannel, RouterStats
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -146,6 +147,8 @@ class _ChannelProtocol(asyncio.Protocol):
         self._channel: RouterChannel | None = None
         self._holds_slot = True
         self._hello_timer: asyncio.TimerHandle | None = None
+        self._nudger = ReadNudger()
+        self._nudge_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------------
     @property
@@ -178,6 +181,8 @@ class _ChannelProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.release_slot()
+        if self._nudge_timer is not None:
+            self._nudge_timer.cancel()
         self._router._protocols.discard(self)
         if self._channel is not None:
             self._core.channel_lost(self._channel)
@@ -200,6 +205,26 @@ class _ChannelProtocol(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+            channel = self._channel
+            if (channel is not None and channel.supports_inspect
+                    and self._nudger.wrote(len(data)) and self._nudge_timer is None):
+                self._nudge_timer = self._loop.call_later(self._nudger.interval,
+                                                          self._nudge_tick)
+
+    def nudge_acknowledged(self) -> None:
+        self._nudger.acknowledged()
+
+    def _nudge_tick(self) -> None:
+        self._nudge_timer = None
+        channel = self._channel
+        if channel is None or self._transport is None or self._transport.is_closing():
+            return
+        send, again = self._nudger.tick()
+        if send and self._core.nudge(channel):
+            self._core.flush()
+            self._nudger.sent()
+        if again:
+            self._nudge_timer = self._loop.call_later(self._nudger.interval, self._nudge_tick)
 
     def close(self, *, abort: bool = False) -> None:
         if self._transport is None:

@@ -22,6 +22,9 @@ from tunneler.channel.message import Message
 from tunneler.router.authority import ApiSessionInfo, SessionInfo
 from tunneler.router.frames import FrameSplitter
 
+ROUTER_ASSIGNED_IDS = 0x7FFFFFFF + 1
+NUDGE_CONN_ID = 0xFFFFFFFF  # never assigned: a read nudge inspects no real connection
+
 
 class ChannelSink(Protocol):
     """What the core needs from the transport under a channel."""
@@ -37,6 +40,9 @@ class ChannelSink(Protocol):
 
     def resume_reading(self) -> None:
         """Deliver received bytes again."""
+
+    def nudge_acknowledged(self) -> None:
+        """The SDK answered the latest read nudge: it has read everything sent before it."""
 
 
 @dataclass
@@ -76,6 +82,18 @@ class RouterChannel:
         self.congested = False
         self.blocking: set[RouterChannel] = set()  # sources paused because we are congested
         self.blocked_by: set[RouterChannel] = set()  # congested destinations pausing us
+        self.supports_inspect = False  # hello header 1023 (libziti 1.x): read nudges are safe
+        self.nudge_sequence: int | None = None  # the latest nudge (ConnInspectRequest) sent
+        self._next_assigned_id = ROUTER_ASSIGNED_IDS
+
+    def assign_conn_id(self) -> int:
+        """A connection id for a host-side connection, from the router's half of the id space
+        (as OpenZiti's router: above 2**31 - 1, so never one the SDK picks for itself)."""
+        while True:
+            conn_id = self._next_assigned_id
+            self._next_assigned_id = conn_id + 1 if conn_id < 0xFFFFFFFE else ROUTER_ASSIGNED_IDS
+            if conn_id not in self.routes and conn_id not in self.listeners:
+                return conn_id
 
     def enqueue_raw(self, *parts: bytes | bytearray | memoryview) -> None:
         """Queue raw frame bytes after whatever the connection already queued."""
@@ -111,6 +129,7 @@ class Terminator:
     cost: int
     precedence: int
     identity: str
+    assign_ids: bool = False  # Bind asked for router-provided connection ids (libziti 1.x)
 
 
 @dataclass(eq=False)
@@ -125,6 +144,7 @@ class Circuit:
     connect: Message
     dialer_key: bytes | None
     host_conn_id: int | None = None
+    assigned_conn_id: int | None = None  # the host's connection id, when the router assigns it
     dial_sequence: int | None = None
     early: list[Message] = field(default_factory=list)
     early_bytes: int = 0

@@ -362,3 +362,65 @@ def test_not_found_answers_name_no_identity_and_do_not_tell_missing_from_forbidd
                 answers.append(message.replace(service_id, "ID"))
             assert answers[0] == answers[1]
     asyncio.run(scenario())
+
+
+# -- what libziti 1.x asks (docs/compatibility.md) -----------------------------------------------
+
+def test_endpoints_libziti_1x_calls(net: Path, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(net) as running:
+            anonymous = client_context(_ca(running))
+            version = (await request(anonymous, "GET", f"{running.url}/version")).body["data"]
+            assert version["capabilities"] == []
+            assert version["apiVersions"]["edge-client"] == version["apiVersions"]["edge"]
+            assert "edge-oidc" not in version["apiVersions"]
+            signers = await request(anonymous, "GET", f"{running.url}/external-jwt-signers")
+            assert signers.status == 200 and signers.body["data"] == []
+            assert signers.body["meta"]["pagination"]["totalCount"] == 0
+            laptop = await _enrolled(running, "laptop", tmp_path)
+            token = await _login(running, laptop)
+            base = f"{running.url}/edge/client/v1"
+            everything = await request(laptop, "GET", f"{base}/services?configTypes=all",
+                                       token=token)
+            llm = next(s for s in everything.body["data"] if s["name"] == "llm")
+            assert sorted(llm["config"]) == ["host.v1", "intercept.v1"]
+            routers = await request(laptop, "GET", f"{base}/services/{llm['id']}/edge-routers"
+                                    "?offset=0&limit=100", token=token)
+            assert routers.status == 200, routers.body
+            assert routers.body["data"]["edgeRouters"][0]["supportedProtocols"]["tls"]
+            hidden = await request(laptop, "GET", f"{base}/services/0123456789abcdef/edge-routers",
+                                   token=token)
+            _assert_error(hidden, 404, "NOT_FOUND")
+            created = await request(laptop, "POST", f"{base}/sessions", token=token,
+                                    data=b'{"serviceId": "%s", "type": "Dial"}' %
+                                    llm["id"].encode())
+            session_id = created.body["data"]["id"]
+            again = await request(laptop, "GET", f"{base}/sessions/{session_id}", token=token)
+            assert again.status == 200 and again.body["data"]["token"] == \
+                created.body["data"]["token"]
+            other = await _login(running, laptop)
+            _assert_error(await request(laptop, "GET", f"{base}/sessions/{session_id}",
+                                        token=other), 404, "NOT_FOUND")
+            controllers = await request(laptop, "GET", f"{base}/controllers", token=token)
+            [entry] = controllers.body["data"]
+            assert entry["apiAddresses"]["edge-client"][0] == {
+                "url": running.directory.config.controller_url + "/edge/client/v1",
+                "version": "v1"}
+            assert entry["isOnline"] is True and entry["certPem"].startswith("-----BEGIN")
+    asyncio.run(scenario())
+
+
+def test_401s_carry_www_authenticate_challenges(net: Path, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(net) as running:
+            laptop = await _enrolled(running, "laptop", tmp_path)
+            missing = await request(laptop, "GET", f"{running.url}/services")
+            _assert_error(missing, 401, "UNAUTHORIZED")
+            assert missing.headers["WWW-Authenticate"] == (
+                'zt-session realm="zt-session" error="missing" '
+                'error_description="no matching token was provided"')
+            invalid = await request(laptop, "GET", f"{running.url}/services", token="nope")
+            assert invalid.headers["WWW-Authenticate"] == (
+                'zt-session realm="zt-session" error="invalid" '
+                'error_description="token is invalid"')
+    asyncio.run(scenario())

@@ -38,6 +38,12 @@ def _network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     init.add_argument("--controller-port", type=int, default=1280)
     init.add_argument("--router-port", type=int, default=3022)
     init.add_argument("--router-name", default="router1")
+    init.add_argument("--access-token-lifetime", default="30m",
+                      help="lifetime of OIDC access tokens, e.g. 30m or 90s (default 30m)")
+    init.add_argument("--refresh-token-lifetime", default="24h",
+                      help="lifetime of OIDC refresh tokens and their API sessions (default 24h)")
+    init.add_argument("--no-oidc", action="store_true",
+                      help="serve legacy API sessions only (no OIDC_AUTH in /version)")
     serve = _add(nsub, "serve", "tunneler.controller.commands:cmd_serve",
                  "run controller and edge router in the foreground until SIGTERM")
     serve.add_argument("dir")

@@ -24,6 +24,7 @@ ALGORITHM = "RS256"
 LEEWAY_SECONDS = 60
 MAX_TOKEN_BYTES = 16384
 ENROLLMENT_CLAIMS = ("em", "iss", "sub", "jti", "exp")
+EXPIRED = "JWT has expired"
 
 _NO_CLOCK: Options = {"verify_exp": False, "verify_nbf": False, "verify_iat": False}
 
@@ -106,7 +107,7 @@ def _check_times(claims: Mapping[str, Any], now: float, leeway: float,
             raise error(f"JWT claim {name!r} must be a number")
     exp = claims.get("exp")
     if exp is not None and now > exp + leeway:
-        raise error("JWT has expired")
+        raise error(EXPIRED)
     nbf = claims.get("nbf")
     if nbf and now + leeway < nbf:
         raise error("JWT is not valid yet")

@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.interop,
 
 MIB = 1 << 20
 TRANSFER_TIMEOUT = 60.0
+ACCESS_SECONDS = 20  # libziti refreshes at 1/2..5/6 of it: several times during the module
 
 
 def _hosted(name: str, port: int, *, encrypted: bool) -> dict[str, object]:
@@ -60,7 +61,8 @@ def _overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overlay]:
     services = [_hosted("enc", blob_port, encrypted=True),
                 _hosted("plain", blob_port, encrypted=False), *BOUND]
     overlay = build_overlay(tmp_path_factory.mktemp("libziti1x"), services,
-                            extra_policy=POLICY, token_only=("lz1x",))
+                            extra_policy=POLICY, token_only=("lz1x",),
+                            init_args=("--access-token-lifetime", f"{ACCESS_SECONDS}s"))
     try:
         yield overlay
     finally:
@@ -92,6 +94,7 @@ def test_dials_run_host_services_by_name_and_by_intercept_address(overlay: Overl
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == [word for target in targets for word in (target, "ok")]
     assert libziti1x.error_lines(done.stderr) == []
+    assert libziti1x.OIDC_IN_USE in done.stderr
 
 
 def _transfer(port: int, payload: bytes) -> bytes:
@@ -153,5 +156,32 @@ def test_proxy_reaches_a_libziti_bound_service_every_time_without_a_stall(
     text = log.read_text()
     assert libziti1x.error_lines(text) == []
     assert "Traceback" not in text
+    assert libziti1x.OIDC_IN_USE in text
     if starved:
         print("tlsuv reads capped at 16 x 64 KiB:", text.count("after 16 iterations"))
+
+
+def test_token_refreshes_update_the_channel_and_it_keeps_serving(overlay: Overlay,
+                                                                 identity: Path,
+                                                                 tmp_path: Path) -> None:
+    """libziti refreshes its access token (20 s here) and sends UpdateToken on its channel;
+    the router takes it, so the channel outlives several token lifetimes."""
+    log = tmp_path / "host.log"
+    host = libziti1x.popen(libziti1x.HOST, identity.name, "lz-enc", cwd=overlay.directory,
+                           log=log)
+    try:
+        assert host.stdout is not None and host.stdout.readline().strip() == "bound"
+        payload = os.urandom(64 * 1024)
+        digest = hashlib.sha256(payload).hexdigest().encode()
+        port = overlay.proxy_ports["lz-enc"]
+        assert _first_transfer(port, payload) == digest
+        before = overlay.log("network").count("router.token_updated")
+        overlay.wait_for_log("network", "router.token_updated", count=before + 2,
+                             timeout=4 * ACCESS_SECONDS)
+        assert _transfer(port, payload) == digest
+    finally:
+        libziti1x.stop(host)
+    network = overlay.log("network")
+    assert "router.token_expired" not in network
+    assert "router.token_update_refused" not in network
+    assert libziti1x.error_lines(log.read_text()) == []

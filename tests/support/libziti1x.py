@@ -20,6 +20,7 @@ SKIP_REASON = ("libziti 1.18.3 is not installed: `make deps` puts it into "
                ".venv/peers/libziti-1.18.3 from ../shared/peers/libziti-1.18.3, which is absent")
 TIMEOUT = 120
 ENV = {"ZITI_LOG": "3", "PATH": "/usr/bin:/bin"}
+OIDC_IN_USE = "using OIDC authentication method"  # libziti's INFO line when it picks OIDC
 
 ENROLL = """
 import sys, openziti

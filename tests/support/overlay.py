@@ -158,20 +158,22 @@ class Overlay:
 def build_overlay(directory: Path, services: Sequence[dict[str, Any]], *,
                   host_identity: str = "host1", client_identity: str = "client1",
                   extra_policy: dict[str, list[dict[str, Any]]] | None = None,
-                  token_only: Sequence[str] = (), client_args: Sequence[str] = ()) -> Overlay:
+                  token_only: Sequence[str] = (), client_args: Sequence[str] = (),
+                  init_args: Sequence[str] = ()) -> Overlay:
     """Create a network with `services` (bound by host1, dialled by client1) and start it all.
 
     Each service dict is a policy-file service entry; without roleAttributes it gets [svc]
     (host1 binds #svc; identities with role `clients` dial #svc). `extra_policy` sections are
     appended to the policy file; identities in `token_only` get DIR/<name>.jwt, not enrolled;
-    `client_args` are added to the run-host and proxy command lines.
+    `client_args` are added to the run-host and proxy command lines, `init_args` to
+    `network init` (e.g. a short `--access-token-lifetime`).
     The proxy listens on a free port per service (`Overlay.proxy_ports[name]`).
     """
     directory.mkdir(parents=True, exist_ok=True)
     net = str(directory / "net")
     ctrl_port, router_port = free_port(), free_port()
     tunneler(directory, "network", "init", net, "--hostname", "localhost",
-             "--controller-port", str(ctrl_port), "--router-port", str(router_port))
+             "--controller-port", str(ctrl_port), "--router-port", str(router_port), *init_args)
     policy = {
         "identities": [{"name": host_identity, "roleAttributes": ["hosts"]},
                        {"name": client_identity, "roleAttributes": ["clients"]}],

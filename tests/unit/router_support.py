@@ -31,6 +31,9 @@ class MemoryAuthority:
     def api_session_by_token(self, token: str) -> ApiSessionInfo | None:
         return self.api_sessions.get(token)
 
+    def api_session_info(self, session_id: str) -> ApiSessionInfo | None:
+        return next((api for api in self.api_sessions.values() if api.id == session_id), None)
+
     def session_by_token(self, token: str) -> SessionInfo | None:
         return self.sessions.get(token)
 

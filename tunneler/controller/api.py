@@ -19,6 +19,7 @@ from typing import Any
 from aiohttp import web
 from cryptography import x509
 
+from tunneler import oidctokens
 from tunneler.controller import pki, views
 from tunneler.controller.apierrors import (
     ApiError,
@@ -30,6 +31,7 @@ from tunneler.controller.apierrors import (
 )
 from tunneler.controller.csr import load_csr
 from tunneler.controller.models import ApiSession, Identity, Service, iso_time
+from tunneler.controller.oidc_api import OidcApi, OidcSettings
 from tunneler.controller.paging import page, parse_name_filter, wanted_config_types
 from tunneler.controller.store import Store
 from tunneler.errors import EnrollmentError
@@ -61,12 +63,23 @@ class ApiSettings:
     ca_cert: x509.Certificate
     ca_key: pki.PrivateKey
     server_cert: x509.Certificate
+    oidc: OidcSettings | None = None  # None: legacy API sessions only (no OIDC_AUTH)
 
 
 def _require_content_type(request: web.Request, accepted: frozenset[str]) -> None:
     if request.content_type not in accepted:
         raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", f"Content-Type must be one of "
                        f"{', '.join(sorted(accepted))}, not {request.content_type!r}")
+
+
+def _bearer(request: web.Request) -> str | None:
+    """The first `Authorization: Bearer` token that looks like a JWT (libziti may add
+    external JWTs as further Authorization headers)."""
+    for value in request.headers.getall("Authorization", []):
+        scheme, _, token = value.partition(" ")
+        if scheme.lower() == "bearer" and oidctokens.looks_like_jwt(token.strip()):
+            return token.strip()
+    return None
 
 
 def _peer_fingerprint(request: web.Request) -> str | None:
@@ -83,6 +96,8 @@ class ControllerApi:
         self._settings = settings
         self._clock = clock
         self._listener = HttpListener()
+        self._oidc = None if settings.oidc is None else OidcApi(
+            store, settings.oidc, clock=clock, fingerprint=_peer_fingerprint)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -109,6 +124,8 @@ class ControllerApi:
         for prefix in PREFIXES:
             for method, path, handler in routes:
                 app.router.add_route(method, prefix + path, handler)
+        for method, path, handler in self._oidc.routes() if self._oidc else ():
+            app.router.add_route(method, path, handler)
         return app
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext) -> int:
@@ -143,20 +160,48 @@ class ControllerApi:
         return response
 
     def _authenticated(self, request: web.Request) -> ApiSession:
-        token = request.headers.get(SESSION_HEADER, "")
+        """The API session of a request: an OIDC bearer token or a legacy `zt-session`, either
+        way presented with the client certificate it belongs to."""
+        bearer = _bearer(request)
+        if bearer is not None and self._settings.oidc is not None:
+            session = self._bearer_session(bearer, self._settings.oidc)
+        else:
+            session = self._legacy_session(request.headers.get(SESSION_HEADER, ""))
+        presented = _peer_fingerprint(request)
+        if presented is None:
+            raise unauthorized("a client certificate is required with an API session",
+                               code="REQUIRES_CERT_AUTH")
+        if presented != session.fingerprint:
+            raise unauthorized("client certificate does not belong to this API session")
+        return session
+
+    def _legacy_session(self, token: str) -> ApiSession:
         if not token:
-            raise unauthorized("no zt-session; authenticate first", challenges=(
-                challenge("zt-session", "missing", "no matching token was provided"),))
+            schemes = ("zt-session", "Bearer") if self._settings.oidc else ("zt-session",)
+            raise unauthorized("no zt-session or bearer token; authenticate first",
+                               challenges=tuple(challenge(scheme, "missing",
+                                                          "no matching token was provided")
+                                                for scheme in schemes))
         session = self._store.api_session(token)
         if session is None:
             raise unauthorized("no valid zt-session; authenticate again", challenges=(
                 challenge("zt-session", "invalid", "token is invalid"),))
-        presented = _peer_fingerprint(request)
-        if presented is None:
-            raise unauthorized("a client certificate is required with zt-session",
-                               code="REQUIRES_CERT_AUTH")
-        if presented != session.fingerprint:
-            raise unauthorized("client certificate does not belong to this API session")
+        return session
+
+    def _bearer_session(self, token: str, oidc: OidcSettings) -> ApiSession:
+        try:
+            claims = oidctokens.verify(token, oidc.key.public_key(),
+                                       token_type=oidctokens.TYPE_ACCESS, now=self._clock(),
+                                       issuer=oidc.issuer)
+        except oidctokens.TokenError as exc:
+            error = "expired" if exc.expired else "invalid"
+            raise unauthorized(str(exc), challenges=(
+                challenge("Bearer", error, "token expired" if exc.expired
+                          else "token is invalid"),)) from exc
+        session = self._store.api_session_by_id(claims.api_session_id)
+        if session is None or session.identity_id != claims.identity_id:
+            raise unauthorized("the API session of this token is gone", challenges=(
+                challenge("Bearer", "invalid", "token is invalid"),))
         return session
 
     async def _read_json(self, request: web.Request) -> Any:
@@ -174,7 +219,8 @@ class ControllerApi:
     # -- enrollment --------------------------------------------------------------------------
 
     async def get_version(self, request: web.Request) -> web.Response:
-        return json_response(views.envelope(views.version(self._settings.controller_url)))
+        return json_response(views.envelope(views.version(
+            self._settings.controller_url, oidc=self._settings.oidc is not None)))
 
     async def get_external_jwt_signers(self, request: web.Request) -> web.Response:
         return json_response(page(request.query, []))
@@ -184,7 +230,8 @@ class ControllerApi:
         settings = self._settings
         entry = views.controller(settings.instance_id, settings.name, settings.controller_url,
                                  pki.cert_pem(settings.server_cert).decode(),
-                                 pki.fingerprint(settings.server_cert))
+                                 pki.fingerprint(settings.server_cert),
+                                 oidc=settings.oidc is not None)
         return json_response(page(request.query, [entry]))
 
     async def get_cacerts(self, request: web.Request) -> web.Response:

@@ -18,6 +18,7 @@ from tunneler import aio, jwt
 from tunneler.controller import network, pki, policyfile
 from tunneler.controller.api import ControllerApi
 from tunneler.controller.store import Store
+from tunneler.durations import parse_duration
 from tunneler.errors import ConfigError
 from tunneler.log import get_logger
 
@@ -33,7 +34,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     config = network.validate({
         "hostname": args.hostname, "controller_port": args.controller_port,
         "router_port": args.router_port, "router_name": args.router_name,
-        "instance_id": pki.new_instance_id()})
+        "instance_id": pki.new_instance_id(), "oidc": not args.no_oidc,
+        "access_token_seconds": parse_duration(args.access_token_lifetime,
+                                               "--access-token-lifetime",
+                                               *network.ACCESS_TOKEN_RANGE),
+        "refresh_token_seconds": parse_duration(args.refresh_token_lifetime,
+                                                "--refresh-token-lifetime",
+                                                *network.REFRESH_TOKEN_RANGE)})
     network.prepare(root)
     directory = network.NetworkDir(root, config)
     pki.create_pki(directory.pki, config.hostname)
@@ -116,7 +123,8 @@ async def serve(directory: network.NetworkDir, listen: str, stop: asyncio.Event)
     api = ControllerApi(store, directory.api_settings(), clock=time.time)
     router = EdgeRouter(store, pki.server_ssl_context(directory.pki, "router",
                                                       require_client_cert=True),
-                        name=config.router_name)
+                        name=config.router_name,
+                        token_key=directory.signing_key().public_key() if config.oidc else None)
     try:
         await _listen(api.start(listen, config.controller_port, pki.server_ssl_context(
             directory.pki, "ctrl", require_client_cert=False)), listen, config.controller_port)

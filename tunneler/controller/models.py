@@ -73,6 +73,7 @@ class ApiSession:
     created_at: float
     updated_at: float
     expires_at: float
+    auth_method: str = "cert"  # "cert" (legacy zt-session) or "oidc"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The network directory (`tunneler network init DIR`): network.json, state.db and pki/.
 
 Layout (docs/architecture.md): `network.json` {hostname, controller_port, router_port,
-router_name, instance_id}; `state.db`; `pki/ca.pem|key`, `pki/ctrl.pem|key`,
+router_name, instance_id, oidc, access_token_seconds, refresh_token_seconds} (the last three
+optional: OIDC on, 30 min, 24 h); `state.db`; `pki/ca.pem|key`, `pki/ctrl.pem|key`,
 `pki/router.pem|key`.
 """
 
@@ -17,8 +18,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tunneler.controller import pki
 from tunneler.controller.api import ApiSettings
+from tunneler.controller.oidc_api import OidcSettings
 from tunneler.errors import ConfigError
 
+ACCESS_TOKEN_RANGE = (10, 24 * 3600)
+REFRESH_TOKEN_RANGE = (60, 90 * 24 * 3600)
 NETWORK_FILE = "network.json"
 STATE_FILE = "state.db"
 MAX_NETWORK_FILE_BYTES = 65536
@@ -33,6 +37,9 @@ class NetworkConfig:
     router_port: int
     router_name: str
     instance_id: str
+    oidc: bool = True
+    access_token_seconds: int = 30 * 60
+    refresh_token_seconds: int = 24 * 3600
 
     @property
     def controller_url(self) -> str:
@@ -65,7 +72,24 @@ def validate(data: Any) -> NetworkConfig:
         router_port=_check_port(data["router_port"], "router_port"),
         router_name=_check_text(data["router_name"], "router_name"),
         instance_id=_check_text(data["instance_id"], "instance_id"),
+        oidc=_check_bool(data.get("oidc", True), "oidc"),
+        access_token_seconds=_check_seconds(data.get("access_token_seconds", 1800),
+                                            "access_token_seconds", *ACCESS_TOKEN_RANGE),
+        refresh_token_seconds=_check_seconds(data.get("refresh_token_seconds", 86400),
+                                             "refresh_token_seconds", *REFRESH_TOKEN_RANGE),
     )
+
+
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: must be true or false")
+    return value
+
+
+def _check_seconds(value: object, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{name}: must be a number of seconds {low}..{high}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -96,7 +120,14 @@ class NetworkDir:
             instance_id=self.config.instance_id, name=self.config.hostname,
             controller_url=self.config.controller_url, trust_domain=self.config.instance_id,
             ca_cert=pki.load_cert(self.pki.ca_cert), ca_key=pki.load_key(self.pki.ca_key),
-            server_cert=pki.load_cert(self.pki.cert("ctrl")))
+            server_cert=pki.load_cert(self.pki.cert("ctrl")), oidc=self.oidc_settings())
+
+    def oidc_settings(self) -> OidcSettings | None:
+        """The OIDC provider's settings, or None when the network serves legacy sessions only."""
+        if not self.config.oidc:
+            return None
+        return OidcSettings(self.config.controller_url, self.config.access_token_seconds,
+                            self.config.refresh_token_seconds, self.signing_key())
 
 
 def load(root: Path) -> NetworkDir:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Statements that bring a database of version N-1 to version N (run once, in order).
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: ("ALTER TABLE api_sessions ADD COLUMN auth_method TEXT NOT NULL DEFAULT 'cert'",),
+}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -65,7 +70,8 @@ CREATE TABLE IF NOT EXISTS api_sessions (
     config_types TEXT NOT NULL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    expires_at REAL NOT NULL
+    expires_at REAL NOT NULL,
+    auth_method TEXT NOT NULL DEFAULT 'cert'
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,

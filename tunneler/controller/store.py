@@ -28,11 +28,13 @@ from tunneler.controller.models import (
     ServicePolicy,
     permissions,
 )
-from tunneler.controller.schema import SCHEMA, SCHEMA_VERSION
+from tunneler.controller.schema import MIGRATIONS, SCHEMA, SCHEMA_VERSION
 from tunneler.errors import ConfigError, EnrollmentError
 from tunneler.router.authority import ApiSessionInfo, SessionInfo
 
 API_SESSION_SECONDS = 30 * 60
+AUTH_CERT = "cert"
+AUTH_OIDC = "oidc"
 BUSY_TIMEOUT_SECONDS = 10.0
 KNOWN_CONFIG_TYPES = (INTERCEPT_V1, HOST_V1, TUNNELER_CLIENT_V1, TUNNELER_SERVER_V1, "host.v2")
 
@@ -59,10 +61,23 @@ class Store:
             self._create_schema()
 
     def _create_schema(self) -> None:
+        existing = self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table' "
+                                    "AND name = 'meta'").fetchone()
+        version = SCHEMA_VERSION
+        if existing is not None:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'"
+                                   ).fetchone()
+            version = int(row["value"]) if row else 1
+        if version > SCHEMA_VERSION:
+            raise ConfigError(f"state database schema {version} is newer than this tunneler "
+                              f"({SCHEMA_VERSION}); upgrade tunneler")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[target]:
+                self._db.execute(statement)
         for statement in SCHEMA.split(";"):
             if statement.strip():
                 self._db.execute(statement)
-        self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))
         for name in KNOWN_CONFIG_TYPES:
             self._db.execute("INSERT OR IGNORE INTO config_types VALUES (?, ?)", (name, name))
@@ -275,36 +290,62 @@ class Store:
     # -- API sessions and sessions -----------------------------------------------------------
 
     def create_api_session(self, identity: Identity, fingerprint: str,
-                           config_types: Sequence[str]) -> ApiSession:
-        """A new API session for a certificate-authenticated identity (expired ones are purged)."""
+                           config_types: Sequence[str], *, method: str = AUTH_CERT,
+                           lifetime: float = API_SESSION_SECONDS) -> ApiSession:
+        """A new API session for a certificate-authenticated identity (expired ones are purged).
+
+        `method` is AUTH_CERT (legacy: `zt-session` token, extended on use) or AUTH_OIDC (the
+        tokens name it by id; it lives as long as its refresh token and each refresh extends
+        it by `lifetime`).
+        """
         now = self._clock()
         session_id, token = new_id(), str(uuid.uuid4())
         with self._tx() as db:
             db.execute("DELETE FROM api_sessions WHERE expires_at < ?", (now,))
-            db.execute("INSERT INTO api_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO api_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (session_id, token, identity.id, fingerprint, json.dumps(list(config_types)),
-                        now, now, now + API_SESSION_SECONDS))
-        session = self.api_session(token, touch=False)
+                        now, now, now + lifetime, method))
+        session = self.api_session_by_id(session_id)
         assert session is not None
         return session
 
     def api_session(self, token: str, *, touch: bool = True) -> ApiSession | None:
-        """The live API session for `token`; `touch` extends its expiry (activity refresh)."""
+        """The live legacy API session for `token`; `touch` extends its expiry (activity)."""
         now = self._clock()
-        row = self._one("SELECT a.*, i.name AS identity_name FROM api_sessions a JOIN identities i "
-                        "ON i.id = a.identity_id WHERE a.token = ? AND a.expires_at >= ?",
-                        token, now)
+        row = self._api_session_row("a.token = ? AND a.auth_method = ?", token, AUTH_CERT)
         if row is None:
             return None
-        expires_at = row["expires_at"]
         if touch:
-            expires_at = now + API_SESSION_SECONDS
             with self._tx() as db:
                 db.execute("UPDATE api_sessions SET updated_at = ?, expires_at = ? WHERE id = ?",
-                           (now, expires_at, row["id"]))
+                           (now, now + API_SESSION_SECONDS, row["id"]))
+            row = self._api_session_row("a.id = ?", row["id"])
+            assert row is not None
+        return self._api_session_of(row)
+
+    def api_session_by_id(self, session_id: str) -> ApiSession | None:
+        """The live API session with this id (OIDC tokens carry it as `z_asid`)."""
+        row = self._api_session_row("a.id = ?", session_id)
+        return None if row is None else self._api_session_of(row)
+
+    def extend_api_session(self, session_id: str, lifetime: float) -> None:
+        """An OIDC refresh: the session lives `lifetime` seconds from now."""
+        now = self._clock()
+        with self._tx() as db:
+            db.execute("UPDATE api_sessions SET updated_at = ?, expires_at = ? WHERE id = ?",
+                       (now, now + lifetime, session_id))
+
+    def _api_session_row(self, condition: str, *values: object) -> sqlite3.Row | None:
+        return self._one("SELECT a.*, i.name AS identity_name FROM api_sessions a JOIN "
+                         f"identities i ON i.id = a.identity_id WHERE {condition} "
+                         "AND a.expires_at >= ?", *values, self._clock())
+
+    @staticmethod
+    def _api_session_of(row: sqlite3.Row) -> ApiSession:
         return ApiSession(row["id"], row["token"], row["identity_id"], row["identity_name"],
                           row["fingerprint"], tuple(json.loads(row["config_types"])),
-                          row["created_at"], now if touch else row["updated_at"], expires_at)
+                          row["created_at"], row["updated_at"], row["expires_at"],
+                          row["auth_method"])
 
     def delete_api_session(self, session_id: str) -> None:
         """Log out: the API session and its sessions are gone."""
@@ -312,8 +353,15 @@ class Store:
             db.execute("DELETE FROM api_sessions WHERE id = ?", (session_id,))
 
     def api_session_by_token(self, token: str) -> ApiSessionInfo | None:
-        """RouterAuthority: the API session for a channel Hello token."""
-        session = self.api_session(token, touch=False)
+        """RouterAuthority: the legacy API session for a channel Hello token."""
+        return self._router_view(self.api_session(token, touch=False))
+
+    def api_session_info(self, session_id: str) -> ApiSessionInfo | None:
+        """RouterAuthority: the live API session an OIDC access token names."""
+        return self._router_view(self.api_session_by_id(session_id))
+
+    @staticmethod
+    def _router_view(session: ApiSession | None) -> ApiSessionInfo | None:
         if session is None:
             return None
         return ApiSessionInfo(session.id, session.token, session.identity_id,

@@ -42,6 +42,10 @@ class RouterAuthority(Protocol):
         """The API session for `token`, or None when unknown or expired."""
         ...
 
+    def api_session_info(self, session_id: str) -> ApiSessionInfo | None:
+        """The live API session with this id (named by an OIDC access token), or None."""
+        ...
+
     def session_by_token(self, token: str) -> SessionInfo | None:
         """The session for `token`, or None when unknown or deleted."""
         ...

@@ -5,7 +5,10 @@ The adapter calls `open_channel()` after the TLS handshake, `receive()` with eve
 goes away, `set_congested()` from the transport's pause/resume-writing callbacks, and `flush()`
 after each of these so that every touched channel gets one write. Authentication (hello): the
 API session named by header 1002 must exist and list the SHA-1 fingerprint of the client
-certificate presented in the TLS handshake.
+certificate presented in the TLS handshake; or the header is an OIDC access token (a JWT) that
+the controller's key signed, unexpired, naming a live API session and listing the certificate
+in `z_cfs`. Such channels take UpdateToken (60803) with the refreshed token and are closed
+(`router.token_expired`) when their token expires without one.
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ import platform
 import random
 from collections.abc import Callable
 
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tunneler import oidctokens
 from tunneler.channel.connection import (
     ChannelEvent,
     MessageReceived,
@@ -49,8 +55,12 @@ class RouterCore:
     """Every channel of one router, and what happens when bytes arrive on them."""
 
     def __init__(self, authority: RouterAuthority, *, version: str,
-                 max_body_len: int = MAX_BODY_LEN, rng: random.Random | None = None) -> None:
+                 max_body_len: int = MAX_BODY_LEN, rng: random.Random | None = None,
+                 token_key: rsa.RSAPublicKey | None = None,
+                 wall_clock: Callable[[], float] | None = None) -> None:
         self._authority = authority
+        self._token_key = token_key  # the controller's key: OIDC access tokens in Hello
+        self._wall_clock = wall_clock or (lambda: 0.0)  # epoch seconds, for token expiry
         self._max_body_len = max_body_len
         self._hello_version = hello_version(version)
         self.stats = RouterStats()
@@ -67,6 +77,7 @@ class RouterCore:
             e.CONTENT_TYPE_DIAL_SUCCESS: self.book.late_dial_answer,
             e.CONTENT_TYPE_DIAL_FAILED: self.book.late_dial_answer,
             e.CONTENT_TYPE_CONN_INSPECT_RESPONSE: self._inspect_answered,
+            e.CONTENT_TYPE_UPDATE_TOKEN: self._update_token,
         }
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -195,12 +206,56 @@ class RouterCore:
         token = hello.get_str(e.SESSION_TOKEN_HEADER)
         if not token:
             return None, "no api session token in hello", "missing_token"
+        if oidctokens.looks_like_jwt(token):
+            return self._check_access_token(ch, token)
         api = self._authority.api_session_by_token(token)
         if api is None:
             return None, "invalid api session", "invalid_api_session"
         if ch.fingerprint not in api.cert_fingerprints:
             return None, "client certificate does not belong to the api session", "cert_mismatch"
         return api, "", ""
+
+    def _check_access_token(self, ch: RouterChannel,
+                            token: str) -> tuple[ApiSessionInfo | None, str, str]:
+        """An OIDC access token: the controller's signature, unexpired, this certificate in
+        `z_cfs`, and its API session still alive (revocation)."""
+        if self._token_key is None:
+            return None, "this router does not accept OIDC tokens", "invalid_token"
+        try:
+            claims = oidctokens.verify(token, self._token_key, token_type=oidctokens.TYPE_ACCESS,
+                                       now=self._wall_clock())
+        except oidctokens.TokenError as exc:
+            return None, str(exc), "expired_token" if exc.expired else "invalid_token"
+        if ch.fingerprint not in claims.fingerprints:
+            return None, "client certificate is not one the token was issued to", "cert_mismatch"
+        api = self._authority.api_session_info(claims.api_session_id)
+        if api is None or api.identity_id != claims.identity_id:
+            return None, "invalid api session", "invalid_api_session"
+        ch.token_expires_at = claims.expires_at
+        return ApiSessionInfo(api.id, token, api.identity_id, api.identity_name,
+                              claims.fingerprints), "", ""
+
+    def _update_token(self, ch: RouterChannel, msg: Message, now: float) -> None:
+        """UpdateToken (60803): a refreshed access token for the same API session."""
+        current = ch.api_session
+        assert current is not None
+        reason = ""
+        if ch.token_expires_at is None:
+            reason = "this channel is not authenticated with an access token"
+        else:
+            api, reason, _ = self._check_access_token(ch, e.body_text(msg))
+            if api is not None and api.id != current.id:
+                reason = "invalid token, API session id does not match"
+            elif api is not None:
+                ch.api_session = api
+                self.outbox.reply(ch, msg, Message(e.CONTENT_TYPE_UPDATE_TOKEN_SUCCESS))
+                log.info("router.token_updated", channel=ch.id, identity=api.identity_name)
+                return
+        log.warning("router.token_update_refused", channel=ch.id, identity=current.identity_name,
+                    reason=reason)
+        self.outbox.reply(ch, msg, Message(e.CONTENT_TYPE_UPDATE_TOKEN_FAILURE,
+                                           body=reason.encode()))
+        self.outbox.close(ch)
 
     # -- time ------------------------------------------------------------------------------------
     def tick(self, now: float) -> None:
@@ -209,10 +264,22 @@ class RouterCore:
             self._dispatch(ch, ch.conn.handle_timer(now), now)
 
     def sweep(self) -> None:
-        """Re-check API sessions, sessions and policy; close what is no longer allowed."""
+        """Re-check API sessions, access-token expiry, sessions and policy; close what is no
+        longer allowed."""
+        wall = self._wall_clock()
         for ch in list(self.channels.values()):
             api = ch.api_session
-            if api is not None and ch.closing is None and (
-                    self._authority.api_session_by_token(api.token) is None):
+            if api is None or ch.closing is not None:
+                continue
+            if ch.token_expires_at is None:
+                alive = self._authority.api_session_by_token(api.token) is not None
+            else:
+                alive = self._authority.api_session_info(api.id) is not None
+                if alive and wall > ch.token_expires_at + oidctokens.LEEWAY_SECONDS:
+                    log.warning("router.token_expired", channel=ch.id,
+                                identity=api.identity_name, expired_at=ch.token_expires_at)
+                    self.close_channel(ch, "access token expired and was not updated")
+                    continue
+            if not alive:
                 self.close_channel(ch, "api session no longer valid")
         self.book.sweep()

@@ -13,8 +13,11 @@ import asyncio
 import hashlib
 import socket
 import ssl
+import time
 from collections.abc import Coroutine
 from typing import Any, cast
+
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 import tunneler
 from tunneler import aio
@@ -39,10 +42,12 @@ class EdgeRouter:
     """An OpenZiti-compatible edge router for SDK channels (dial and host)."""
 
     def __init__(self, authority: RouterAuthority, ssl_context: ssl.SSLContext, *,
-                 name: str, version: str = tunneler.__version__) -> None:
+                 name: str, version: str = tunneler.__version__,
+                 token_key: rsa.RSAPublicKey | None = None) -> None:
         self.name = name
         self._ssl = ssl_context
-        self.core = RouterCore(authority, version=version)
+        self.core = RouterCore(authority, version=version, token_key=token_key,
+                               wall_clock=time.time)
         self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._protocols: set[_ChannelProtocol] = set()

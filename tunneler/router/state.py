@@ -74,6 +74,7 @@ class RouterChannel:
         self.conn = ChannelConnection(expect_hello=True, max_body_len=max_body_len)
         self.splitter = FrameSplitter(HELLO_MAX_HEADERS_LEN, HELLO_MAX_BODY_LEN)
         self.api_session: ApiSessionInfo | None = None
+        self.token_expires_at: float | None = None  # OIDC access token's exp (None: legacy)
         self.routes: dict[int, Route] = {}
         self.listeners: dict[int, Terminator] = {}
         self.pending_dials: dict[int, Circuit] = {}

@@ -40,6 +40,12 @@ class Identity:
     key_pem: str
     ca_pem: str
     path: Path | None = None
+    ztapis: tuple[str, ...] = ()  # every controller (HA), ztAPI first; () means (ztapi,)
+
+    @property
+    def controllers(self) -> tuple[str, ...]:
+        """The controller URLs to try, in order: ztAPI, then the rest of ztAPIs."""
+        return tuple(dict.fromkeys((self.ztapi, *self.ztapis)))
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -79,8 +85,11 @@ class Identity:
 
     def to_json(self) -> dict[str, Any]:
         """The identity file's JSON object."""
-        return {"ztAPI": self.ztapi,
-                "id": {"cert": self.cert_pem, "key": self.key_pem, "ca": self.ca_pem}}
+        data: dict[str, Any] = {"ztAPI": self.ztapi, "id": {
+            "cert": self.cert_pem, "key": self.key_pem, "ca": self.ca_pem}}
+        if self.ztapis:
+            data["ztAPIs"] = list(self.ztapis)
+        return data
 
 
 def _load_chain(context: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
@@ -151,8 +160,12 @@ def load_identity(path: str | Path) -> Identity:
     key = _resolve(section.get("key"), "key", base, secret=True)
     if not str(section.get("key", "")).startswith("file://"):
         _check_private(path)
+    ztapis = data.get("ztAPIs") or []
+    if not isinstance(ztapis, list) or not all(
+            isinstance(url, str) and url.startswith(("https://", "http://")) for url in ztapis):
+        raise IdentityError(f"identity file {path}: ztAPIs must be a list of controller URLs")
     identity = Identity(ztapi, _resolve(section.get("cert"), "cert", base), key,
-                        _resolve(section.get("ca"), "ca", base), path)
+                        _resolve(section.get("ca"), "ca", base), path, tuple(ztapis))
     try:
         identity.certificate  # noqa: B018 - parse now so a bad cert fails at load time
     except ValueError as exc:

@@ -371,9 +371,9 @@ def test_endpoints_libziti_1x_calls(net: Path, tmp_path: Path) -> None:
         async with running_api(net) as running:
             anonymous = client_context(_ca(running))
             version = (await request(anonymous, "GET", f"{running.url}/version")).body["data"]
-            assert version["capabilities"] == []
+            assert version["capabilities"] == ["OIDC_AUTH"]
             assert version["apiVersions"]["edge-client"] == version["apiVersions"]["edge"]
-            assert "edge-oidc" not in version["apiVersions"]
+            assert version["apiVersions"]["edge-oidc"]["v1"]["path"] == "/oidc"
             signers = await request(anonymous, "GET", f"{running.url}/external-jwt-signers")
             assert signers.status == 200 and signers.body["data"] == []
             assert signers.body["meta"]["pagination"]["totalCount"] == 0
@@ -418,6 +418,8 @@ def test_401s_carry_www_authenticate_challenges(net: Path, tmp_path: Path) -> No
             _assert_error(missing, 401, "UNAUTHORIZED")
             assert missing.headers["WWW-Authenticate"] == (
                 'zt-session realm="zt-session" error="missing" '
+                'error_description="no matching token was provided",'
+                'Bearer realm="openziti-oidc" error="missing" '
                 'error_description="no matching token was provided"')
             invalid = await request(laptop, "GET", f"{running.url}/services", token="nope")
             assert invalid.headers["WWW-Authenticate"] == (

@@ -46,6 +46,13 @@ def _token(net: Path, identity: str, tmp_path: Path, *extra: str) -> Path:
     return out
 
 
+def _set_oidc(net: Path, oidc: bool) -> None:
+    """Turn the network's OIDC provider on or off (network.json, as an operator would)."""
+    config = json.loads((net / "network.json").read_text())
+    config["oidc"] = oidc
+    (net / "network.json").write_text(json.dumps(config))
+
+
 def _with_controller(net: Path, scenario: Callable[[], Awaitable[None]]) -> None:
     async def run() -> None:
         directory = network.load(net)
@@ -121,7 +128,9 @@ def test_cli_reports_clear_errors(net: Path, tmp_path: Path, capsys: pytest.Capt
     assert "already exists" in capsys.readouterr().err
 
 
-def test_controller_client_pages_refreshes_and_reauthenticates(net: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("oidc", [True, False], ids=["oidc", "legacy"])
+def test_controller_client_pages_refreshes_and_reauthenticates(net: Path, tmp_path: Path,
+                                                               oidc: bool) -> None:
     policy = tmp_path / "many.yaml"
     policy.write_text(yaml.safe_dump({
         "identities": [{"name": "laptop", "roleAttributes": ["clients"]}],
@@ -131,22 +140,29 @@ def test_controller_client_pages_refreshes_and_reauthenticates(net: Path, tmp_pa
                              "serviceRoles": ["#many"]}],
     }))
     assert cli(["network", "apply", str(net), str(policy)]) == 0
+    _set_oidc(net, oidc)
     jwt_file = _token(net, "laptop", tmp_path)
 
     async def scenario() -> None:
         identity = await enroll(jwt_file)
         async with ControllerClient(identity) as client:
             first = await client.authenticate()
+            assert client.auth_method == ("oidc" if oidc else "legacy")
+            assert first.identity_name == "laptop"
             services = await client.services()  # 30 services: two pages of 25
             assert sorted(s.name for s in services) == [f"svc{i:02d}" for i in range(30)]
             refreshed = await client.refresh_api_session()
-            assert refreshed.token == first.token
+            assert refreshed.id == first.id
+            assert (refreshed.token == first.token) is not oidc  # OIDC: a new access token
             assert refreshed.expires_at is not None and first.expires_at is not None
             assert refreshed.expires_at >= first.expires_at
-            await client.logout()  # the controller forgets the session ...
-            client.api_session = first  # ... but the client still presents the old token
+            store = Store(network.load(net).state_db)
+            try:  # the controller forgets the session (an admin revoked it) ...
+                store.delete_api_session(first.id)
+            finally:
+                store.close()
             assert len(await client.services()) == 30  # UNAUTHORIZED → re-authenticated
             assert client.api_session is not None
-            assert client.api_session.token != first.token
+            assert client.api_session.id != first.id
 
     _with_controller(net, scenario)

@@ -38,6 +38,9 @@ from tunneler.log import get_logger
 log = get_logger("context")
 
 REFRESH_INTERVAL = 60.0
+# Longest wait between attempts to reach a controller or router, or to bind again: after an
+# outage of any length, service is back within this much (plus one attempt) of its return.
+RECONNECT_CAP = 5.0
 MAX_DIAL_ATTEMPTS = 3
 ServiceListener = Callable[[ServiceChanges], None]
 
@@ -98,15 +101,17 @@ class ZitiContext:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Authenticate, list routers and services, start the refresh loop.
+        """Authenticate, list controllers, routers and services, start the refresh loops.
 
         Raises:
             ControllerError: the controller is unreachable or refused us.
         """
         await self.ctrl.authenticate()
+        await self.ctrl.learn_controllers()
         self._routers = await self.ctrl.edge_routers()
         await self.refresh_services()
         self.spawn(self._run_refresh())
+        self.spawn(self._run_token_refresh())
 
     async def start_retrying(self, stop: asyncio.Event) -> bool:
         """`start()`, retried with backoff while the controller is unreachable.
@@ -114,7 +119,7 @@ class ZitiContext:
         Returns:
             True once started; False if `stop` was set first.
         """
-        backoff = Backoff(rng=self._rng)
+        backoff = self._new_backoff()
         while not stop.is_set():
             try:
                 await self.start()
@@ -137,6 +142,9 @@ class ZitiContext:
             link.close()
         self._links.clear()
         await self.ctrl.close()
+
+    def _new_backoff(self) -> Backoff:
+        return Backoff(cap=RECONNECT_CAP, rng=self._rng)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run a background task owned by this context (cancelled by `close()`)."""
@@ -205,9 +213,40 @@ class ZitiContext:
                 self._contacted(exc)
                 log.warning("context.refresh_failed", identity=self.name, error=str(exc))
 
+    async def _run_token_refresh(self) -> None:
+        """OIDC: refresh the access token when two thirds of its life have passed and hand it
+        to every router link (UpdateToken); retry with backoff while the controller is away."""
+        backoff = self._new_backoff()
+        while True:
+            expires_at = self.ctrl.token_expires_at
+            if expires_at is None:  # legacy session (for now: a controller may start OIDC)
+                await asyncio.sleep(self._refresh_interval)
+                continue
+            await asyncio.sleep(max(0.0, (expires_at - time.time()) * 2 / 3))
+            before = self.ctrl.api_session.id if self.ctrl.api_session else None
+            try:
+                session = await self.ctrl.refresh_api_session()
+            except (ControllerError, OSError, TimeoutError) as exc:
+                self._contacted(exc)
+                delay = backoff.failed()
+                log.warning("context.token_refresh_failed", identity=self.name, error=str(exc),
+                            retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+                continue
+            backoff.failures = 0
+            self._contacted(None)
+            if session.id == before:
+                await asyncio.gather(*(link.update_token(session.token)
+                                       for link in list(self._links.values())))
+            else:  # a new API session: links of the old one cannot be updated
+                for link in list(self._links.values()):
+                    link.close()
+            log.debug("context.token_refreshed", identity=self.name)
+
     async def _refresh_api_session(self) -> None:
         session = self.ctrl.api_session
-        if session is None or session.expires_at is None:
+        if session is None or session.expires_at is None or \
+                self.ctrl.token_expires_at is not None:  # OIDC: `_run_token_refresh`
             return
         left = (session.expires_at - datetime.datetime.now(datetime.UTC)).total_seconds()
         if left < 3 * self._refresh_interval:
@@ -266,7 +305,7 @@ class ZitiContext:
         return task
 
     async def _open_link(self, url: str) -> RouterLink:
-        backoff = self._router_backoff.setdefault(url, Backoff(rng=self._rng))
+        backoff = self._router_backoff.setdefault(url, self._new_backoff())
         loop = asyncio.get_running_loop()
         if self.ctrl.api_session is None:
             await self.ctrl.authenticate()
@@ -295,7 +334,7 @@ class ZitiContext:
     def _link_closed(self, link: RouterLink) -> None:
         if self._links.get(link.url) is link:
             del self._links[link.url]
-            backoff = self._router_backoff.setdefault(link.url, Backoff(rng=self._rng))
+            backoff = self._router_backoff.setdefault(link.url, self._new_backoff())
             loop = asyncio.get_running_loop()
             self._router_retry_at[link.url] = loop.time() + backoff.lost(loop.time())
 
@@ -364,7 +403,7 @@ class Binding:
     async def run(self) -> None:
         """Bind, wait for loss, back off, bind again."""
         ctx = self.context
-        backoff = Backoff(rng=ctx._rng)
+        backoff = ctx._new_backoff()
         loop = asyncio.get_running_loop()
         while True:
             try:

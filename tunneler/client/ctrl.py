@@ -1,8 +1,11 @@
-"""Edge Client API v1 client (legacy API sessions), as libziti 0.29.3 uses it.
+"""Edge Client API v1 client, as libziti 1.x uses it: OIDC sessions when offered, else legacy.
 
-Authenticates by client certificate (`POST /authenticate?method=cert`), sends `zt-session` on
-every later call, pages lists until `totalCount`, and re-authenticates once on an
-UNAUTHORIZED-class error. Works against the embedded controller and a real OpenZiti one.
+`GET /version` decides (as libziti ≥ 1.9.5): with `OIDC_AUTH` in `capabilities` and an
+`edge-oidc` v1 API, authenticate with OIDC (`client.oidc`) and send `Authorization: Bearer`;
+otherwise `POST /authenticate?method=cert` and send `zt-session`. Lists are paged until
+`totalCount`; an UNAUTHORIZED-class error re-authenticates once. Several controllers (the
+identity's `ztAPIs`, then what `GET /controllers` lists) are tried in turn when one is
+unreachable. Works against the embedded controller and a real OpenZiti one.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from tunneler import __version__
+from tunneler.client.oidc import OidcClient, Tokens
 from tunneler.configs import HOST_V1, INTERCEPT_V1, TUNNELER_CLIENT_V1, TUNNELER_SERVER_V1
 from tunneler.errors import ControllerError, NotAuthorized
 from tunneler.identity import Identity
@@ -29,6 +33,10 @@ NOT_AUTHORIZED_CODES = frozenset({"UNAUTHORIZED", "INVALID_AUTH", "INVALID_AUTHE
 PAGE_SIZE = 25
 MAX_PAGES = 400
 REQUEST_TIMEOUT = 15.0
+OIDC_CAPABILITY = "OIDC_AUTH"
+UNAVAILABLE = "CONTROLLER_UNAVAILABLE"
+AUTH_LEGACY = "legacy"
+AUTH_OIDC = "oidc"
 
 
 @dataclass(frozen=True)
@@ -109,23 +117,42 @@ def _service(item: dict[str, Any]) -> ServiceInfo:
 
 
 class ControllerClient:
-    """One identity's conversation with its controller."""
+    """One identity's conversation with its controller(s)."""
 
     def __init__(self, identity: Identity,
                  config_types: Sequence[str] = DEFAULT_CONFIG_TYPES) -> None:
         self._identity = identity
         self._config_types = list(config_types)
-        self._base = identity.ztapi.rstrip("/")
+        self._bases = [url.rstrip("/") for url in identity.controllers]
+        self._current = 0
         self._prefix: str | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._oidc: OidcClient | None = None
+        self._tokens: Tokens | None = None
         self.api_session: ApiSession | None = None
         self.controller_version = ""
+        self.capabilities: frozenset[str] = frozenset()
+        self.auth_method = AUTH_LEGACY
 
     async def __aenter__(self) -> ControllerClient:
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         await self.close()
+
+    @property
+    def _base(self) -> str:
+        return self._bases[self._current]
+
+    @property
+    def controllers(self) -> tuple[str, ...]:
+        """Every controller URL known (the one in use first)."""
+        return (self._base, *(b for b in self._bases if b != self._base))
+
+    @property
+    def token_expires_at(self) -> float | None:
+        """The OIDC access token's expiry (epoch seconds); None with legacy sessions."""
+        return self._tokens.expires_at if self._tokens is not None else None
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
@@ -142,10 +169,13 @@ class ControllerClient:
             self._http = None
 
     async def _raw(self, method: str, path: str, *, body: Any = None,
-                   params: dict[str, Any] | None = None, auth: bool = True) -> Any:
+                   params: Any = None, auth: bool = True) -> Any:
         headers = {}
         if auth and self.api_session is not None:
-            headers["zt-session"] = self.api_session.token
+            if self.auth_method == AUTH_OIDC:
+                headers["Authorization"] = f"Bearer {self.api_session.token}"
+            else:
+                headers["zt-session"] = self.api_session.token
         url = f"{self._base}{self._prefix or ''}{path}"
         try:
             async with self._session().request(method, url, json=body, params=params,
@@ -153,7 +183,7 @@ class ControllerClient:
                 payload = await response.json(content_type=None)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise ControllerError("CONTROLLER_UNAVAILABLE", f"{method} {path}: {exc}") from exc
+            raise ControllerError(UNAVAILABLE, f"{method} {path}: {exc}") from exc
         except ValueError as exc:
             raise ControllerError("INVALID_CONTROLLER_RESPONSE", f"{method} {path}: {exc}") from exc
         if not isinstance(payload, dict):
@@ -166,32 +196,89 @@ class ControllerClient:
         return payload
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        if self._prefix is None:
-            await self.version()
-        if self.api_session is None:
+        if self._prefix is None or self.api_session is None:
             await self.authenticate()
         try:
             return await self._raw(method, path, **kwargs)
         except NotAuthorized:
             log.info("ctrl.reauthenticating", path=path)
-            await self.authenticate()
-            return await self._raw(method, path, **kwargs)
+        except ControllerError as exc:
+            if exc.code != UNAVAILABLE or len(self._bases) < 2:
+                raise
+            log.warning("ctrl.controller_unavailable", controller=self._base, error=str(exc))
+            self._current = (self._current + 1) % len(self._bases)
+        await self.authenticate()
+        return await self._raw(method, path, **kwargs)
 
     async def version(self) -> str:
-        """`GET /version`; sets the API path prefix."""
-        data = (await self._raw("GET", "/version", auth=False)).get("data") or {}
-        path = (((data.get("apiVersions") or {}).get("edge") or {}).get("v1") or {}).get("path")
+        """`GET /version` of the first controller that answers (from the one in use); sets the
+        API path prefix, the capabilities and the authentication method."""
+        error: ControllerError | None = None
+        for step in range(len(self._bases)):
+            self._current = (self._current + step) % len(self._bases) if step else self._current
+            try:
+                data = (await self._raw("GET", "/version", auth=False)).get("data") or {}
+            except ControllerError as exc:
+                if exc.code != UNAVAILABLE:
+                    raise
+                error = exc
+                continue
+            self._apply_version(data)
+            return self.controller_version
+        assert error is not None
+        raise error
+
+    def _apply_version(self, data: dict[str, Any]) -> None:
+        apis = data.get("apiVersions") or {}
+        path = ((apis.get("edge") or {}).get("v1") or {}).get("path")
         self._prefix = path if isinstance(path, str) else ""
         self.controller_version = str(data.get("version", ""))
-        return self.controller_version
+        capabilities = data.get("capabilities")
+        self.capabilities = frozenset(str(c) for c in capabilities) \
+            if isinstance(capabilities, list) else frozenset()
+        oidc = (apis.get("edge-oidc") or {}).get("v1") or {}
+        urls = [u for u in oidc.get("apiBaseUrls") or [] if isinstance(u, str)]
+        oidc_path = oidc.get("path")
+        provider = (urls[0] if urls else self._base + (
+            oidc_path if isinstance(oidc_path, str) else "/oidc")) if oidc else None
+        method = AUTH_OIDC if OIDC_CAPABILITY in self.capabilities and provider else AUTH_LEGACY
+        if method == AUTH_OIDC and (self._oidc is None or self._oidc.provider != provider):
+            assert provider is not None
+            self._oidc = OidcClient(self._session(), provider)
+        if method != self.auth_method:
+            log.info("ctrl.auth_method", controller=self._base, method=method)
+            self.auth_method = method
 
     async def authenticate(self) -> ApiSession:
-        """`POST /authenticate?method=cert` with the client certificate."""
-        if self._prefix is None:
-            await self.version()
+        """A new API session: OIDC when the controller offers it, else the legacy cert login."""
+        await self.version()
+        self.api_session = self._tokens = None
+        if self.auth_method == AUTH_OIDC:
+            assert self._oidc is not None
+            self._set_tokens(await self._oidc.login())
+            me = await self._raw("GET", "/current-identity")
+            assert self.api_session is not None
+            self.api_session = ApiSession(self.api_session.id, self.api_session.token,
+                                          self.api_session.identity_id,
+                                          str((me.get("data") or {}).get("name", "")),
+                                          self.api_session.expires_at)
+        else:
+            await self._legacy_login()
+        assert self.api_session is not None
+        log.info("ctrl.authenticated", identity=self.api_session.identity_name,
+                 controller=self._base, method=self.auth_method)
+        return self.api_session
+
+    def _set_tokens(self, tokens: Tokens) -> None:
+        self._tokens = tokens
+        name = self.api_session.identity_name if self.api_session is not None else ""
+        self.api_session = ApiSession(
+            tokens.api_session_id, tokens.access, tokens.identity_id, name,
+            datetime.datetime.fromtimestamp(tokens.expires_at, datetime.UTC))
+
+    async def _legacy_login(self) -> None:
         body = {"sdkInfo": {"type": "tunneler", "version": __version__},
                 "envInfo": {"os": "Linux"}, "configTypes": self._config_types}
-        self.api_session = None
         data = (await self._raw("POST", "/authenticate", body=body,
                                 params={"method": "cert"}, auth=False))["data"]
         identity = data.get("identity") or {}
@@ -200,12 +287,23 @@ class ControllerClient:
             identity_id=str(identity.get("id", data.get("identityId", ""))),
             identity_name=str(identity.get("name", "")),
             expires_at=parse_time(data.get("expiresAt")))
-        log.info("ctrl.authenticated", identity=self.api_session.identity_name,
-                 controller=self._base)
-        return self.api_session
 
     async def refresh_api_session(self) -> ApiSession:
-        """`GET /current-api-session` (extends it); re-authenticates if it is gone."""
+        """Keep the API session alive: an OIDC token refresh (a new login when the refresh
+        token is no longer good), or `GET /current-api-session` for a legacy session.
+
+        Raises:
+            ControllerError: the controller is unreachable (the session may still be valid).
+        """
+        if self.auth_method == AUTH_OIDC and self._tokens is not None:
+            assert self._oidc is not None
+            try:
+                self._set_tokens(await self._oidc.refresh(self._tokens))
+            except NotAuthorized as exc:
+                log.info("ctrl.oidc_refresh_refused", reason=str(exc))
+                return await self.authenticate()
+            assert self.api_session is not None
+            return self.api_session
         data = (await self._call("GET", "/current-api-session"))["data"]
         assert self.api_session is not None
         self.api_session = ApiSession(self.api_session.id, self.api_session.token,
@@ -214,10 +312,26 @@ class ControllerClient:
                                       parse_time(data.get("expiresAt")))
         return self.api_session
 
-    async def _paged(self, path: str, params: dict[str, Any] | None = None) -> list[Any]:
+    async def learn_controllers(self) -> tuple[str, ...]:
+        """Add the controllers `GET /controllers` lists (HA) to those tried; best effort."""
+        try:
+            items = await self._paged("/controllers")
+        except ControllerError as exc:
+            log.debug("ctrl.controllers_unavailable", error=str(exc))
+            return self.controllers
+        for item in items:
+            for address in ((item.get("apiAddresses") or {}).get("edge-client") or []):
+                url = address.get("url") if isinstance(address, dict) else None
+                if isinstance(url, str) and address.get("version") == "v1":
+                    base = url.rstrip("/").removesuffix(self._prefix or "\0")
+                    if base not in self._bases:
+                        self._bases.append(base)
+        return self.controllers
+
+    async def _paged(self, path: str, params: Sequence[tuple[str, str]] = ()) -> list[Any]:
         items: list[Any] = []
         for _ in range(MAX_PAGES):
-            query = {**(params or {}), "limit": PAGE_SIZE, "offset": len(items)}
+            query = [*params, ("limit", str(PAGE_SIZE)), ("offset", str(len(items)))]
             payload = await self._call("GET", path, params=query)
             page = payload.get("data") or []
             items.extend(page)
@@ -232,7 +346,9 @@ class ControllerClient:
 
     async def services(self) -> list[ServiceInfo]:
         """Every service this identity may dial or bind, with configs of our config types."""
-        return [_service(item) for item in await self._paged("/services")]
+        # Asked for per request (as libziti 1.x): OIDC sessions carry no config types.
+        query = [("configTypes", name) for name in self._config_types]
+        return [_service(item) for item in await self._paged("/services", query)]
 
     async def service_updates(self) -> str | None:
         """`lastChangeAt` of the service list, or None when the controller lacks the endpoint."""
@@ -253,10 +369,4 @@ class ControllerClient:
                           kind=str(data.get("type", kind)), service_id=service_id,
                           edge_routers=_routers(data.get("edgeRouters")))
 
-    async def logout(self) -> None:
-        """`DELETE /current-api-session`."""
-        if self.api_session is not None:
-            try:
-                await self._raw("DELETE", "/current-api-session")
-            finally:
-                self.api_session = None
+

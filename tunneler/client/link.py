@@ -316,6 +316,21 @@ class RouterLink(asyncio.Protocol):
             return
         self.latency = time.perf_counter() - started
 
+    async def update_token(self, token: str) -> bool:
+        """UpdateToken (60803): hand the router our refreshed OIDC access token; True when it
+        took it. A refusal or no answer closes the link (it reconnects with the new token)."""
+        message = Message(edge.CONTENT_TYPE_UPDATE_TOKEN, body=token.encode())
+        try:
+            reply = await self.request_async(message, HELLO_TIMEOUT)
+        except TimeoutError:
+            reply = None
+        if reply is not None and reply.content_type == edge.CONTENT_TYPE_UPDATE_TOKEN_SUCCESS:
+            return True
+        reason = edge.body_text(reply) if reply is not None else "no answer"
+        log.warning("link.token_update_refused", router=self.url, reason=reason)
+        self.close()
+        return False
+
     # -- closing ---------------------------------------------------------------------------
     def close(self) -> None:
         """Flush and close the channel."""

@@ -18,7 +18,9 @@ from tests.support.controller import Reply, Running, init_network, request, runn
 from tests.support.pki import client_context, foreign_client, make_csr, write_client_files
 from tunneler import jwt
 from tunneler.cli import main as cli
+from tunneler.client.oidc import OidcClient, Tokens
 from tunneler.controller import pki
+from tunneler.errors import ControllerError, NotAuthorized
 
 ROOT = Path(__file__).resolve().parents[2]
 EXTRA = """
@@ -425,4 +427,75 @@ def test_401s_carry_www_authenticate_challenges(net: Path, tmp_path: Path) -> No
             assert invalid.headers["WWW-Authenticate"] == (
                 'zt-session realm="zt-session" error="invalid" '
                 'error_description="token is invalid"')
+    asyncio.run(scenario())
+
+
+# -- OIDC sessions (issue 8 item 3) ------------------------------------------------------------
+
+async def _oidc_tokens(context: ssl.SSLContext, running: Running) -> Tokens:
+    connector = aiohttp.TCPConnector(ssl=context, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        return await OidcClient(http, f"{running.url}/oidc").login()
+
+
+async def _oidc_refresh(context: ssl.SSLContext, running: Running, tokens: Tokens) -> Tokens:
+    connector = aiohttp.TCPConnector(ssl=context, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        return await OidcClient(http, f"{running.url}/oidc").refresh(tokens)
+
+
+def test_oidc_login_gives_a_bearer_session_bound_to_the_certificate(net: Path,
+                                                                     tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(net) as running:
+            laptop = await _enrolled(running, "laptop", tmp_path)
+            host = await _enrolled(running, "llm-host", tmp_path)
+            tokens = await _oidc_tokens(laptop, running)
+            session = running.store.api_session_by_id(tokens.api_session_id)
+            assert session is not None and session.auth_method == "oidc"
+            base = f"{running.url}/edge/client/v1"
+            me = await request(laptop, "GET", f"{base}/current-identity", bearer=tokens.access)
+            assert me.status == 200 and me.body["data"]["name"] == "laptop"
+            stolen = await request(host, "GET", f"{base}/services", bearer=tokens.access)
+            _assert_error(stolen, 401, "UNAUTHORIZED")
+            anonymous = await request(client_context(_ca(running)), "GET", f"{base}/services",
+                                      bearer=tokens.access)
+            _assert_error(anonymous, 401, "REQUIRES_CERT_AUTH")
+            with pytest.raises(NotAuthorized):
+                await _oidc_refresh(host, running, tokens)  # refresh needs the bound cert
+            fresh = await _oidc_refresh(laptop, running, tokens)
+            assert fresh.api_session_id == tokens.api_session_id
+            assert fresh.access != tokens.access
+            running.store.delete_api_session(tokens.api_session_id)  # revoked
+            gone = await request(laptop, "GET", f"{base}/services", bearer=fresh.access)
+            _assert_error(gone, 401, "UNAUTHORIZED")
+            assert 'Bearer realm="openziti-oidc" error="invalid"' in \
+                gone.headers["WWW-Authenticate"]
+            with pytest.raises(NotAuthorized):
+                await _oidc_refresh(laptop, running, fresh)
+    asyncio.run(scenario())
+
+
+def test_oidc_refuses_foreign_certificates_codes_and_grants(net: Path, tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with running_api(net) as running:
+            stranger = client_context(_ca(running), foreign_client(tmp_path))
+            with pytest.raises((aiohttp.ClientError, ssl.SSLError, ControllerError)):
+                await _oidc_tokens(stranger, running)
+            with pytest.raises(NotAuthorized):  # no certificate: the login step refuses
+                await _oidc_tokens(client_context(_ca(running)), running)
+            laptop = await _enrolled(running, "laptop", tmp_path)
+            token_url = f"{running.url}/oidc/oauth/token"
+            for form, error in ((b"grant_type=password&username=a", "unsupported_grant_type"),
+                                (b"grant_type=authorization_code&code=nope", "invalid_grant"),
+                                (b"grant_type=refresh_token&refresh_token=x.y.z",
+                                 "invalid_grant")):
+                reply = await request(laptop, "POST", token_url, data=form,
+                                      content_type="application/x-www-form-urlencoded")
+                assert reply.status == 400 and reply.body["error"] == error, reply.body
+            configuration = await request(laptop, "GET",
+                                          f"{running.url}/oidc/.well-known/openid-configuration")
+            assert configuration.body["token_endpoint"] == token_url
+            keys = await request(laptop, "GET", configuration.body["jwks_uri"])
+            assert keys.body["keys"][0]["alg"] == "RS256"
     asyncio.run(scenario())

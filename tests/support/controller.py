@@ -73,11 +73,15 @@ class Reply:
 
 
 async def request(context: ssl.SSLContext, method: str, url: str, *, token: str | None = None,
-                  data: bytes | None = None, content_type: str = "application/json") -> Reply:
-    """One HTTPS request on a fresh connection; the body is decoded as JSON when possible."""
+                  data: bytes | None = None, content_type: str = "application/json",
+                  bearer: str | None = None) -> Reply:
+    """One HTTPS request on a fresh connection; the body is decoded as JSON when possible.
+    `token` goes into `zt-session`, `bearer` into `Authorization: Bearer`."""
     headers = {"Accept": "application/json", "Content-Type": content_type}
     if token:
         headers["zt-session"] = token
+    if bearer:
+        headers["Authorization"] = f"Bearer {bearer}"
     connector = aiohttp.TCPConnector(ssl=context, force_close=True)
     async with aiohttp.ClientSession(connector=connector) as session, session.request(
             method, url, data=data, headers=headers) as response:

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 from tests.unit.router_support import MemoryAuthority, SimPeer, hello
+from tunneler import oidctokens
 from tunneler.channel.message import Message
 from tunneler.edge import messages as e
 from tunneler.router import nudge
@@ -130,3 +134,98 @@ def test_nudger_waits_for_quiet_then_repeats_with_backoff_until_answered() -> No
     nudger.acknowledged()
     assert nudger.interval == nudge.FIRST_INTERVAL
     assert nudger.tick() == (False, False)
+
+
+# -- OIDC access tokens in Hello and UpdateToken ---------------------------------------------
+
+class OidcWorld:
+    """A router that takes access tokens signed by KEY; the wall clock is `self.now`."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.auth = MemoryAuthority()
+        self.core = RouterCore(self.auth, version="1", token_key=KEY.public_key(),
+                               wall_clock=lambda: self.now)
+        self.api = self.auth.add_identity("sdk", "fp-sdk")
+
+    def token(self, *, session: str | None = None, fingerprint: str = "fp-sdk",
+              lifetime: float = 30.0, key: rsa.RSAPrivateKey | None = None) -> str:
+        return oidctokens.issue(oidctokens.TYPE_ACCESS, key or KEY, issuer="https://c/oidc",
+                                identity_id=self.api.identity_id,
+                                api_session_id=session or self.api.id,
+                                fingerprints=(fingerprint,), config_types=(),
+                                lifetime=lifetime, now=self.now)
+
+    def peer(self, token: str) -> tuple[SimPeer, Message]:
+        peer = SimPeer(self.core, "fp-sdk", "sdk")
+        peer.request(_hello_1x(token))
+        return peer, peer.one()
+
+
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def test_hello_with_an_access_token_is_accepted_and_names_its_api_session() -> None:
+    w = OidcWorld()
+    peer, reply = w.peer(w.token())
+    assert reply.get_bool(2)
+    assert peer.channel.api_session is not None and peer.channel.api_session.id == w.api.id
+    assert peer.channel.token_expires_at == w.now + 30
+
+
+@pytest.mark.parametrize(("case", "label"), [
+    ("forged", "invalid_token"), ("expired", "expired_token"),
+    ("other_cert", "cert_mismatch"), ("revoked_session", "invalid_api_session")])
+def test_hello_with_a_bad_access_token_is_refused(case: str, label: str) -> None:
+    w = OidcWorld()
+    token = {"forged": lambda: w.token(key=rsa.generate_private_key(65537, 2048)),
+             "expired": lambda: w.token(lifetime=-60),
+             "other_cert": lambda: w.token(fingerprint="fp-someone-else"),
+             "revoked_session": lambda: w.token(session="as-gone")}[case]()
+    _, reply = w.peer(token)
+    assert not reply.get_bool(2)
+    assert w.core.stats.hello_failures[label] == 1
+
+
+def test_update_token_extends_the_channel_and_expiry_closes_it() -> None:
+    w = OidcWorld()
+    peer, _ = w.peer(w.token(lifetime=30))
+    w.now += 20
+    fresh = w.token(lifetime=30)
+    seq = peer.request(Message(e.CONTENT_TYPE_UPDATE_TOKEN, body=fresh.encode()))
+    reply = peer.one()
+    assert reply.content_type == e.CONTENT_TYPE_UPDATE_TOKEN_SUCCESS and reply.reply_for == seq
+    assert peer.channel.token_expires_at == w.now + 30
+    w.now += 25  # past the first token's expiry, within the second's
+    w.core.sweep()
+    w.core.flush()
+    assert peer.sink.closed is None
+    w.now += 30
+    w.core.sweep()
+    w.core.flush()
+    assert peer.sink.closed == "abort"
+
+
+@pytest.mark.parametrize("case", ["other_session", "garbage"])
+def test_a_bad_update_token_is_refused_and_closes_the_channel(case: str) -> None:
+    w = OidcWorld()
+    peer, _ = w.peer(w.token())
+    other = w.auth.add_identity("sdk2", "fp-sdk")
+    body = {"other_session": lambda: w.token(session=other.id), "garbage": lambda: "x.y.z"}[case]()
+    peer.request(Message(e.CONTENT_TYPE_UPDATE_TOKEN, body=body.encode()))
+    reply = peer.one()
+    assert reply.content_type == e.CONTENT_TYPE_UPDATE_TOKEN_FAILURE and reply.body
+    assert peer.sink.closed == "graceful"
+
+
+def test_routers_without_the_key_refuse_access_tokens_and_legacy_channels_refuse_updates() -> None:
+    w = OidcWorld()
+    legacy = RouterCore(w.auth, version="1")
+    peer = SimPeer(legacy, "fp-sdk", "sdk")
+    peer.request(_hello_1x(w.token()))
+    assert not peer.one().get_bool(2)
+    old = SimPeer(w.core, "fp-sdk", "sdk")
+    old.request(_hello_1x(w.api.token))
+    assert old.one().get_bool(2)
+    old.request(Message(e.CONTENT_TYPE_UPDATE_TOKEN, body=w.token().encode()))
+    assert old.one().content_type == e.CONTENT_TYPE_UPDATE_TOKEN_FAILURE

@@ -191,8 +191,7 @@ class ControllerApi:
     def _bearer_session(self, token: str, oidc: OidcSettings) -> ApiSession:
         try:
             claims = oidctokens.verify(token, oidc.key.public_key(),
-                                       token_type=oidctokens.TYPE_ACCESS, now=self._clock(),
-                                       issuer=oidc.issuer)
+                                       token_type=oidctokens.TYPE_ACCESS, now=self._clock())
         except oidctokens.TokenError as exc:
             error = "expired" if exc.expired else "invalid"
             raise unauthorized(str(exc), challenges=(

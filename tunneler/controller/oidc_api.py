@@ -43,9 +43,10 @@ class OidcSettings:
     refresh_seconds: float
     key: rsa.RSAPrivateKey
 
-    @property
-    def issuer(self) -> str:
-        return self.controller_url + PATH
+    def issuer(self, request: web.Request | None = None) -> str:
+        """The issuer as the client addressed us (OpenZiti: one issuer per advertised host)."""
+        host = request.host if request is not None and request.host else None
+        return f"https://{host}{PATH}" if host else self.controller_url + PATH
 
 
 class OidcApi:
@@ -73,7 +74,7 @@ class OidcApi:
 
     # -- discovery -------------------------------------------------------------------------------
     async def get_configuration(self, request: web.Request) -> web.Response:
-        issuer = self._settings.issuer
+        issuer = self._settings.issuer(request)
         return json_response({
             "issuer": issuer, "authorization_endpoint": f"{issuer}/authorize",
             "token_endpoint": f"{issuer}/oauth/token", "jwks_uri": f"{issuer}/keys",
@@ -140,7 +141,7 @@ class OidcApi:
         except OidcError as exc:
             log.info("controller.oidc_token_refused", grant=grant, reason=exc.description)
             return _oauth_error(exc)
-        return json_response(self._tokens(session, identity))
+        return json_response(self._tokens(session, identity, self._settings.issuer(request)))
 
     def _redeem(self, fields: dict[str, str], request: web.Request) -> tuple[ApiSession, Identity]:
         auth = self._flow.redeem(fields.get("code", ""), fields.get("code_verifier", ""),
@@ -167,8 +168,7 @@ class OidcApi:
         try:
             claims = oidctokens.verify(fields.get("refresh_token", ""),
                                        self._settings.key.public_key(),
-                                       token_type=oidctokens.TYPE_REFRESH, now=self._clock(),
-                                       issuer=self._settings.issuer)
+                                       token_type=oidctokens.TYPE_REFRESH, now=self._clock())
         except oidctokens.TokenError as exc:
             raise OidcError("invalid_grant", str(exc)) from exc
         session = self._store.api_session_by_id(claims.api_session_id)
@@ -180,11 +180,11 @@ class OidcApi:
         self._store.extend_api_session(session.id, self._settings.refresh_seconds)
         return session, identity
 
-    def _tokens(self, session: ApiSession, identity: Identity) -> dict[str, Any]:
+    def _tokens(self, session: ApiSession, identity: Identity, issuer: str) -> dict[str, Any]:
         settings, now = self._settings, self._clock()
 
         def issue(kind: str, lifetime: float, **extra: Any) -> str:
-            return oidctokens.issue(kind, settings.key, issuer=settings.issuer,
+            return oidctokens.issue(kind, settings.key, issuer=issuer,
                                     identity_id=identity.id, api_session_id=session.id,
                                     fingerprints=(session.fingerprint,),
                                     config_types=session.config_types, lifetime=lifetime,

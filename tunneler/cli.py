@@ -42,6 +42,9 @@ def _network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                       help="lifetime of OIDC access tokens, e.g. 30m or 90s (default 30m)")
     init.add_argument("--refresh-token-lifetime", default="24h",
                       help="lifetime of OIDC refresh tokens and their API sessions (default 24h)")
+    init.add_argument("--client-cert-lifetime", default="365d",
+                      help="lifetime of the client certificates enrollment and renewal issue, "
+                      "e.g. 365d or 90s (default 365d); clients renew at two thirds of it")
     init.add_argument("--no-oidc", action="store_true",
                       help="serve legacy API sessions only (no OIDC_AUTH in /version)")
     serve = _add(nsub, "serve", "tunneler.controller.commands:cmd_serve",
@@ -53,6 +56,16 @@ def _network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                  "load identities, services, configs and service policies from a YAML file")
     apply.add_argument("dir")
     apply.add_argument("file")
+    listed = _add(nsub, "list", "tunneler.controller.commands:cmd_list",
+                  "show the network's routers, identities, services, policies or API sessions")
+    listed.add_argument("dir")
+    listed.add_argument("kind", choices=("routers", "identities", "services", "policies",
+                                         "sessions"))
+    listed.add_argument("--json", action="store_true", help="JSON instead of a table")
+    delete = _add(nsub, "delete-identity", "tunneler.controller.commands:cmd_delete_identity",
+                  "revoke an identity: delete it, its certificates and sessions")
+    delete.add_argument("dir")
+    delete.add_argument("identity")
     token = _add(nsub, "enroll-token", "tunneler.controller.commands:cmd_enroll_token",
                  "create the identity if missing and write a one-time enrollment JWT")
     token.add_argument("dir")

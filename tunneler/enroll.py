@@ -23,12 +23,11 @@ from urllib.parse import urlsplit
 
 import aiohttp
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
-from cryptography.x509.oid import NameOID
 
-from tunneler import jwt
+from tunneler import jwt, keys
 from tunneler.errors import EnrollmentError
 from tunneler.identity import Identity, save_identity
 from tunneler.log import get_logger
@@ -99,13 +98,6 @@ def _ca_bundle(body: bytes) -> list[x509.Certificate]:
     return certs
 
 
-def _csr(key: ec.EllipticCurvePrivateKey, subject: str) -> bytes:
-    request = (x509.CertificateSigningRequestBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-               .sign(key, hashes.SHA256()))
-    return request.public_bytes(serialization.Encoding.PEM)
-
-
 async def _post_csr(url: str, jti: str, csr: bytes, ca_pem: str) -> str:
     context = ssl.create_default_context(cadata=ca_pem)  # cadata given: no system CAs loaded
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -153,12 +145,9 @@ async def enroll(token_path: Path) -> Identity:
             raise EnrollmentError(f"controller refused the CA bundle: HTTP {response.status}")
         bundle = _ca_bundle(await response.read())
     ca_pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in bundle)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert_pem = await _post_csr(url, claims["jti"], _csr(key, claims["sub"]), ca_pem)
-    key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.TraditionalOpenSSL,
-                                serialization.NoEncryption()).decode()
-    return Identity(url, cert_pem, key_pem, ca_pem)
+    key = keys.new_key()
+    cert_pem = await _post_csr(url, claims["jti"], keys.csr_pem(key, claims["sub"]), ca_pem)
+    return Identity(url, cert_pem, keys.private_pem(key), ca_pem)
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:

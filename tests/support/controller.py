@@ -51,13 +51,14 @@ class Running:
 
 
 @asynccontextmanager
-async def running_api(root: Path) -> AsyncIterator[Running]:
-    """Serve the Edge Client API of `root` on 127.0.0.1 (ephemeral port) for the block."""
+async def running_api(root: Path, port: int = 0) -> AsyncIterator[Running]:
+    """Serve the Edge Client API of `root` on 127.0.0.1 for the block (`port` 0: ephemeral;
+    the configured port makes enrollment JWTs and identity files point at it)."""
     directory = network.load(root)
     store = Store(directory.state_db)
     api = ControllerApi(store, directory.api_settings(), clock=time.time)
     context = pki.server_ssl_context(directory.pki, "ctrl", require_client_cert=False)
-    port = await api.start("127.0.0.1", 0, context)
+    port = await api.start("127.0.0.1", port, context)
     try:
         yield Running(f"https://127.0.0.1:{port}", store, directory)
     finally:

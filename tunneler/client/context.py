@@ -29,9 +29,10 @@ from tunneler.client.conn import DIAL_TIMEOUT, EdgeConnection, EdgeSink, Invalid
 from tunneler.client.ctrl import ControllerClient, EdgeRouterRef, ServiceInfo, SessionRef
 from tunneler.client.link import HelloRejected, RouterLink
 from tunneler.client.listener import BindOptions, DialHandler, EdgeListener
+from tunneler.client.renewal import RETRY_CAP, Renewal, expiring, renewal_due
 from tunneler.client.services import ServiceChanges, diff_services
 from tunneler.edge.appdata import encode_app_data
-from tunneler.errors import ControllerError, DialError
+from tunneler.errors import ControllerError, DialError, IdentityError, NotAuthorized
 from tunneler.identity import Identity, load_identity
 from tunneler.log import get_logger
 
@@ -87,6 +88,8 @@ class ZitiContext:
         self._last_change: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.controller_contact = ControllerContact()
+        self.renewal = Renewal(self.identity.path) if self.identity.path is not None else None
+        self._bindings: list[Binding] = []
 
     @property
     def name(self) -> str:
@@ -106,12 +109,16 @@ class ZitiContext:
         Raises:
             ControllerError: the controller is unreachable or refused us.
         """
-        await self.ctrl.authenticate()
+        await self._resume_renewal()
+        if self.ctrl.api_session is None:
+            await self.ctrl.authenticate()
         await self.ctrl.learn_controllers()
         self._routers = await self.ctrl.edge_routers()
         await self.refresh_services()
         self.spawn(self._run_refresh())
         self.spawn(self._run_token_refresh())
+        if self.renewal is not None:
+            self.spawn(self._run_renewal())
 
     async def start_retrying(self, stop: asyncio.Event) -> bool:
         """`start()`, retried with backoff while the controller is unreachable.
@@ -242,6 +249,84 @@ class ZitiContext:
                 for link in list(self._links.values()):
                     link.close()
             log.debug("context.token_refreshed", identity=self.name)
+
+    # -- certificate renewal ---------------------------------------------------------------
+    async def _resume_renewal(self) -> None:
+        """A renewal an earlier run left between extend and verify: finish it."""
+        if self.renewal is None or (pending := self.renewal.pending()) is None:
+            return
+        try:
+            await self.ctrl.authenticate()
+        except NotAuthorized:  # verified already: the old certificate is refused now
+            log.info("context.renewal_adopted", identity=self.identity.name_hint)
+            self.renewal.promote(pending)
+            await self._adopt(pending)
+            await self.ctrl.authenticate()
+            return
+        try:
+            await self.ctrl.extend_verify(await self.ctrl.authenticator_id(), pending.cert_pem)
+        except ControllerError as exc:
+            log.warning("context.renewal_abandoned", identity=self.name, error=str(exc))
+            self.renewal.discard()
+            return
+        self.renewal.promote(pending)
+        await self._adopt(pending)
+        log.info("context.certificate_renewed", identity=self.name, resumed=True)
+
+    async def renew_certificate(self) -> None:
+        """Renew now: new key, extend, write `<file>.renewing`, verify, move it in place.
+
+        Raises:
+            ControllerError: the controller refused or could not be reached (the current
+                certificate stays in use).
+        """
+        assert self.renewal is not None
+        csr, key = self.renewal.new_request(self.identity)
+        authenticator = await self.ctrl.authenticator_id()
+        cert = await self.ctrl.extend(authenticator, csr)
+        renewed = self.renewal.prepare(self.identity, cert, key)
+        await self.ctrl.extend_verify(authenticator, cert)
+        self.renewal.promote(renewed)
+        await self._adopt(renewed)
+        log.info("context.certificate_renewed", identity=self.name,
+                 expires_at=renewed.certificate.not_valid_after_utc.isoformat())
+
+    async def _adopt(self, identity: Identity) -> None:
+        """Use a renewed certificate: for the controller and new router links at once; open
+        links (and the flows on them) stay until they are idle, bindings move over."""
+        self.identity = identity
+        self._ssl = identity.client_ssl_context()
+        await self.ctrl.use_identity(identity)
+        if self.ctrl.token_expires_at is not None and self.ctrl.api_session is not None:
+            session = await self.ctrl.refresh_api_session()  # z_cfs now lists the new cert
+            await asyncio.gather(*(link.update_token(session.token)
+                                   for link in list(self._links.values())))
+        retired = list(self._links.values())
+        self._links.clear()
+        for link in retired:
+            link.retire()
+        for binding in list(self._bindings):
+            self.spawn(binding.move())
+
+    async def _run_renewal(self) -> None:
+        assert self.renewal is not None
+        backoff = Backoff(cap=RETRY_CAP, rng=self._rng)
+        while True:
+            due = renewal_due(self.identity.certificate)
+            await asyncio.sleep(max(0.0, due - time.time()))
+            try:
+                await self.renew_certificate()
+            except (ControllerError, OSError, TimeoutError, IdentityError) as exc:
+                self.renewal.error = str(exc)
+                delay = backoff.failed()
+                level = log.warning if not expiring(self.identity.certificate, time.time()) \
+                    else log.error
+                level("context.renewal_failed", identity=self.name, error=str(exc),
+                      retry_in=round(delay, 2),
+                      expires_at=self.identity.certificate.not_valid_after_utc.isoformat())
+                await asyncio.sleep(delay)
+            else:
+                backoff.failures = 0
 
     async def _refresh_api_session(self) -> None:
         session = self.ctrl.api_session
@@ -386,6 +471,7 @@ class ZitiContext:
         """Host `service`: keep it bound (re-binding after losses) until `Binding.stop()`."""
         binding = Binding(self, service, on_dial, options or BindOptions())
         binding.task = self.spawn(binding.run())
+        self._bindings.append(binding)
         return binding
 
 
@@ -415,12 +501,34 @@ class Binding:
             else:
                 backoff.connected(loop.time())
                 log.info("host.service_bound", service=self.service.name, identity=ctx.name)
-                assert self.listener is not None
-                await self.listener.wait_closed()
+                await self._wait_unbound()
                 delay = backoff.lost(loop.time())
                 log.warning("host.service_unbound", service=self.service.name,
                             retry_in=round(delay, 2))
             await asyncio.sleep(delay)
+
+    async def _wait_unbound(self) -> None:
+        """Until the current listener is gone (one that `move()` replaced does not count)."""
+        while True:
+            listener = self.listener
+            assert listener is not None
+            await listener.wait_closed()
+            if self.listener is listener or self.listener is None or self.listener.closed:
+                return
+
+    async def move(self) -> None:
+        """Bind on a link of the current certificate, then unbind the old listener: no
+        moment without a terminator (a failure leaves the old one; `run()` carries on)."""
+        old = self.listener
+        try:
+            await self._bind_once()
+        except (DialError, ControllerError, OSError, TimeoutError) as exc:
+            log.warning("host.bind_move_failed", service=self.service.name, error=str(exc))
+            self.listener = old
+            return
+        if old is not None:
+            old.unbind()
+        log.info("host.service_rebound", service=self.service.name)
 
     async def _bind_once(self) -> None:
         ctx = self.context
@@ -434,6 +542,8 @@ class Binding:
 
     async def stop(self) -> None:
         """Unbind and stop re-binding."""
+        with contextlib.suppress(ValueError):
+            self.context._bindings.remove(self)
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)

@@ -312,6 +312,43 @@ class ControllerClient:
                                       parse_time(data.get("expiresAt")))
         return self.api_session
 
+    # -- certificate renewal ---------------------------------------------------------------
+    async def authenticator_id(self) -> str:
+        """The id of the authenticator holding our current certificate.
+
+        Raises:
+            ControllerError: the controller lists none for it.
+        """
+        fingerprint = self._identity.fingerprint
+        for item in await self._paged("/current-identity/authenticators"):
+            if item.get("fingerprint") == fingerprint and isinstance(item.get("id"), str):
+                return str(item["id"])
+        raise ControllerError("NO_AUTHENTICATOR", "the controller lists no authenticator for "
+                              "our certificate")
+
+    async def extend(self, authenticator_id: str, csr_pem: str) -> str:
+        """`POST .../authenticators/{id}/extend`: a new certificate for our new key."""
+        data = (await self._call("POST", f"/current-identity/authenticators/{authenticator_id}"
+                                 "/extend", body={"clientCertCsr": csr_pem}))["data"]
+        cert = data.get("clientCert") if isinstance(data, dict) else None
+        if not isinstance(cert, str):
+            raise ControllerError("INVALID_CONTROLLER_RESPONSE", "extend returned no certificate")
+        return cert
+
+    async def extend_verify(self, authenticator_id: str, cert_pem: str) -> None:
+        """`POST .../extend-verify`: the new certificate replaces the old one."""
+        await self._call("POST", f"/current-identity/authenticators/{authenticator_id}"
+                         "/extend-verify", body={"clientCert": cert_pem})
+
+    async def use_identity(self, identity: Identity) -> None:
+        """Present `identity`'s (renewed) certificate from now on; the API session goes on."""
+        self._identity = identity
+        old, self._http = self._http, None
+        if self._oidc is not None:
+            self._oidc = OidcClient(self._session(), self._oidc.provider)
+        if old is not None:
+            await old.close()
+
     async def learn_controllers(self) -> tuple[str, ...]:
         """Add the controllers `GET /controllers` lists (HA) to those tried; best effort."""
         try:

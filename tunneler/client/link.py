@@ -104,6 +104,7 @@ class RouterLink(asyncio.Protocol):
         self._flush_handle: asyncio.Handle | None = None
         self._read_pausers: set[object] = set()
         self._probe_task: asyncio.Task[None] | None = None
+        self._retired = False
         self.writable = True
 
     # -- opening --------------------------------------------------------------------------
@@ -199,8 +200,17 @@ class RouterLink(asyncio.Protocol):
         self._handlers[conn_id] = handler
 
     def unregister(self, conn_id: int) -> None:
-        """Stop routing this ConnId."""
+        """Stop routing this ConnId (a retired link closes once the last one is gone)."""
         self._handlers.pop(conn_id, None)
+        if self._retired and not self._handlers:
+            self.close()
+
+    def retire(self) -> None:
+        """Take no new connections (the context no longer offers this link); close as soon as
+        the connections and binds on it are gone. Used when the certificate was renewed."""
+        self._retired = True
+        if not self._handlers:
+            self.close()
 
     def pause_reading_for(self, who: object) -> None:
         """A consumer is full: stop reading the channel until it calls `resume_reading_for`."""

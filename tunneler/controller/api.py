@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 from cryptography import x509
+from cryptography.x509.oid import NameOID
 
 from tunneler import oidctokens
 from tunneler.controller import pki, views
@@ -30,11 +31,11 @@ from tunneler.controller.apierrors import (
     unauthorized,
 )
 from tunneler.controller.csr import load_csr
-from tunneler.controller.models import ApiSession, Identity, Service, iso_time
+from tunneler.controller.models import ApiSession, Authenticator, Identity, Service, iso_time
 from tunneler.controller.oidc_api import OidcApi, OidcSettings
 from tunneler.controller.paging import page, parse_name_filter, wanted_config_types
 from tunneler.controller.store import Store
-from tunneler.errors import EnrollmentError
+from tunneler.errors import ConfigError, EnrollmentError
 from tunneler.httpserver import HttpListener, json_response
 from tunneler.log import get_logger
 
@@ -64,6 +65,7 @@ class ApiSettings:
     ca_key: pki.PrivateKey
     server_cert: x509.Certificate
     oidc: OidcSettings | None = None  # None: legacy API sessions only (no OIDC_AUTH)
+    client_cert_seconds: float = 365 * 86400.0  # lifetime of the client certificates issued
 
 
 def _require_content_type(request: web.Request, accepted: frozenset[str]) -> None:
@@ -120,6 +122,10 @@ class ControllerApi:
             ("GET", "/services/{id}/edge-routers", self.get_service_edge_routers),
             ("GET", "/external-jwt-signers", self.get_external_jwt_signers),
             ("GET", "/controllers", self.get_controllers),
+            ("GET", "/current-identity/authenticators", self.get_authenticators),
+            ("POST", "/current-identity/authenticators/{id}/extend", self.post_extend),
+            ("POST", "/current-identity/authenticators/{id}/extend-verify",
+             self.post_extend_verify),
         ]
         for prefix in PREFIXES:
             for method, path, handler in routes:
@@ -171,7 +177,7 @@ class ControllerApi:
         if presented is None:
             raise unauthorized("a client certificate is required with an API session",
                                code="REQUIRES_CERT_AUTH")
-        if presented != session.fingerprint:
+        if presented not in session.fingerprints:
             raise unauthorized("client certificate does not belong to this API session")
         return session
 
@@ -264,7 +270,8 @@ class ControllerApi:
 
     def _issue(self, csr: x509.CertificateSigningRequest, identity: Identity) -> tuple[str, str]:
         cert = pki.issue_client_cert(csr, identity.id, self._settings.trust_domain,
-                                     self._settings.ca_cert, self._settings.ca_key)
+                                     self._settings.ca_cert, self._settings.ca_key,
+                                     lifetime=self._settings.client_cert_seconds)
         return pki.fingerprint(cert), pki.cert_pem(cert).decode()
 
     # -- API sessions ------------------------------------------------------------------------
@@ -283,6 +290,62 @@ class ControllerApi:
         session = self._store.create_api_session(identity, fingerprint, config_types)
         log.info("controller.api_session_created", identity=identity.name)
         return json_response(views.envelope(views.api_session(session, self._clock())))
+
+    # -- certificate renewal (openziti-current.md §2.5) ---------------------------------------
+
+    async def get_authenticators(self, request: web.Request) -> web.Response:
+        session = self._authenticated(request)
+        items = [views.authenticator(a) for a in self._store.authenticators(session.identity_id)]
+        return json_response(page(request.query, items))
+
+    def _own_authenticator(self, request: web.Request, session: ApiSession) -> Authenticator:
+        """The caller's authenticator named in the path, presented with its current cert."""
+        wanted = request.match_info["id"]
+        found = next((a for a in self._store.authenticators(session.identity_id)
+                      if a.id == wanted), None)
+        if found is None:
+            raise not_found("authenticator does not exist or belongs to another identity")
+        if _peer_fingerprint(request) != found.fingerprint:
+            raise unauthorized("present the certificate of the authenticator you extend")
+        return found
+
+    async def post_extend(self, request: web.Request) -> web.Response:
+        session = self._authenticated(request)
+        identity = self._identity(session)
+        authenticator = self._own_authenticator(request, session)
+        body = await self._read_json(request)
+        csr_pem = body.get("clientCertCsr") if isinstance(body, dict) else None
+        if not isinstance(csr_pem, str):
+            raise bad_request("COULD_NOT_VALIDATE", "body must be {clientCertCsr: PEM}")
+        try:
+            csr = load_csr(csr_pem.encode())
+        except EnrollmentError as exc:
+            raise bad_request("INVALID_CSR", str(exc)) from exc
+        names = [str(n.value) for n in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if any(name != identity.id for name in names):
+            log.warning("controller.extend_refused", identity=identity.name, reason="csr_subject")
+            raise bad_request("INVALID_CSR", "the CSR names another identity")
+        fingerprint, cert = self._issue(csr, identity)
+        self._store.set_pending_certificate(authenticator.id, fingerprint, cert)
+        log.info("controller.certificate_extended", identity=identity.name,
+                 authenticator=authenticator.id)
+        ca = pki.cert_pem(self._settings.ca_cert).decode()
+        return json_response(views.envelope({"clientCert": cert, "ca": ca}))
+
+    async def post_extend_verify(self, request: web.Request) -> web.Response:
+        session = self._authenticated(request)
+        authenticator = self._own_authenticator(request, session)
+        body = await self._read_json(request)
+        cert = body.get("clientCert") if isinstance(body, dict) else None
+        if not isinstance(cert, str):
+            raise bad_request("COULD_NOT_VALIDATE", "body must be {clientCert: PEM}")
+        try:
+            self._store.verify_pending_certificate(authenticator.id, cert)
+        except ConfigError as exc:
+            raise bad_request("INVALID_CERT", str(exc)) from exc
+        log.info("controller.certificate_renewed", identity=session.identity_name,
+                 authenticator=authenticator.id)
+        return json_response(views.envelope({}))
 
     async def get_current_api_session(self, request: web.Request) -> web.Response:
         session = self._authenticated(request)

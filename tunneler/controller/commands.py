@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -15,7 +16,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 
 from tunneler import aio, jwt
-from tunneler.controller import network, pki, policyfile
+from tunneler.controller import listing, network, pki, policyfile
 from tunneler.controller.api import ControllerApi
 from tunneler.controller.store import Store
 from tunneler.durations import parse_duration
@@ -40,7 +41,10 @@ def cmd_init(args: argparse.Namespace) -> int:
                                                *network.ACCESS_TOKEN_RANGE),
         "refresh_token_seconds": parse_duration(args.refresh_token_lifetime,
                                                 "--refresh-token-lifetime",
-                                                *network.REFRESH_TOKEN_RANGE)})
+                                                *network.REFRESH_TOKEN_RANGE),
+        "client_cert_seconds": parse_duration(args.client_cert_lifetime,
+                                              "--client-cert-lifetime",
+                                              *network.CLIENT_CERT_RANGE)})
     network.prepare(root)
     directory = network.NetworkDir(root, config)
     pki.create_pki(directory.pki, config.hostname)
@@ -105,6 +109,34 @@ def cmd_enroll_token(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(token + "\n")
     log.info("network.enrollment_created", identity=identity.name, expires_at=expires_at)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """Show routers, identities, services, policies or API sessions of a network."""
+    directory = network.load(Path(args.dir))
+    store = Store(directory.state_db)
+    try:
+        items = listing.rows(store, args.kind,
+                             client_cert_seconds=directory.config.client_cert_seconds)
+    finally:
+        store.close()
+    sys.stdout.write(json.dumps(items, indent=2) + "\n" if args.json else listing.render(items))
+    return 0
+
+
+def cmd_delete_identity(args: argparse.Namespace) -> int:
+    """Revoke an identity: it and its certificates, API sessions and sessions are deleted."""
+    directory = network.load(Path(args.dir))
+    store = Store(directory.state_db)
+    try:
+        deleted = store.delete_identity(args.identity)
+    finally:
+        store.close()
+    if not deleted:
+        raise ConfigError(f"no identity named {args.identity!r} in {args.dir}")
+    log.info("network.identity_deleted", identity=args.identity)
+    print(f"identity {args.identity}: deleted (routers close its channels within seconds)")
     return 0
 
 

@@ -35,6 +35,21 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class Authenticator:
+    """An identity's certificate credential (stable `id` across renewals)."""
+
+    id: str
+    identity_id: str
+    fingerprint: str
+    cert_pem: str
+    created_at: float
+    expires_at: float | None
+    renewed_at: float | None
+    pending_fingerprint: str | None
+    pending_pem: str | None
+
+
+@dataclass(frozen=True)
 class Service:
     """A service with its configs (config type name → JSON object)."""
 
@@ -74,6 +89,13 @@ class ApiSession:
     updated_at: float
     expires_at: float
     auth_method: str = "cert"  # "cert" (legacy zt-session) or "oidc"
+    renewed_fingerprints: tuple[str, ...] = ()  # certificates renewed during the session
+
+    @property
+    def fingerprints(self) -> tuple[str, ...]:
+        """Every certificate that may present this session: the one it began with, then the
+        ones that renewed it (so open channels and new ones both keep working)."""
+        return tuple(dict.fromkeys((self.fingerprint, *self.renewed_fingerprints)))
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
 """The network directory (`tunneler network init DIR`): network.json, state.db and pki/.
 
 Layout (docs/architecture.md): `network.json` {hostname, controller_port, router_port,
-router_name, instance_id, oidc, access_token_seconds, refresh_token_seconds} (the last three
-optional: OIDC on, 30 min, 24 h); `state.db`; `pki/ca.pem|key`, `pki/ctrl.pem|key`,
-`pki/router.pem|key`.
+router_name, instance_id, oidc, access_token_seconds, refresh_token_seconds,
+client_cert_seconds} (the last four optional: OIDC on, 30 min, 24 h, 365 d); `state.db`;
+`pki/ca.pem|key`, `pki/ctrl.pem|key`, `pki/router.pem|key`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from tunneler.errors import ConfigError
 
 ACCESS_TOKEN_RANGE = (10, 24 * 3600)
 REFRESH_TOKEN_RANGE = (60, 90 * 24 * 3600)
+CLIENT_CERT_RANGE = (30, 10 * 365 * 86400)
 NETWORK_FILE = "network.json"
 STATE_FILE = "state.db"
 MAX_NETWORK_FILE_BYTES = 65536
@@ -40,6 +41,7 @@ class NetworkConfig:
     oidc: bool = True
     access_token_seconds: int = 30 * 60
     refresh_token_seconds: int = 24 * 3600
+    client_cert_seconds: int = 365 * 86400
 
     @property
     def controller_url(self) -> str:
@@ -77,6 +79,8 @@ def validate(data: Any) -> NetworkConfig:
                                             "access_token_seconds", *ACCESS_TOKEN_RANGE),
         refresh_token_seconds=_check_seconds(data.get("refresh_token_seconds", 86400),
                                              "refresh_token_seconds", *REFRESH_TOKEN_RANGE),
+        client_cert_seconds=_check_seconds(data.get("client_cert_seconds", 365 * 86400),
+                                           "client_cert_seconds", *CLIENT_CERT_RANGE),
     )
 
 
@@ -120,7 +124,8 @@ class NetworkDir:
             instance_id=self.config.instance_id, name=self.config.hostname,
             controller_url=self.config.controller_url, trust_domain=self.config.instance_id,
             ca_cert=pki.load_cert(self.pki.ca_cert), ca_key=pki.load_key(self.pki.ca_key),
-            server_cert=pki.load_cert(self.pki.cert("ctrl")), oidc=self.oidc_settings())
+            server_cert=pki.load_cert(self.pki.cert("ctrl")), oidc=self.oidc_settings(),
+            client_cert_seconds=self.config.client_cert_seconds)
 
     def oidc_settings(self) -> OidcSettings | None:
         """The OIDC provider's settings, or None when the network serves legacy sessions only."""

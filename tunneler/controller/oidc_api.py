@@ -175,8 +175,8 @@ class OidcApi:
         identity = self._store.identity_by_id(claims.identity_id)
         if session is None or identity is None or session.identity_id != identity.id:
             raise OidcError("invalid_grant", "the API session of this refresh token is gone")
-        if self._fingerprint(request) not in claims.fingerprints:
-            raise OidcError("invalid_grant", "refresh with the certificate the token was bound to")
+        if self._fingerprint(request) not in session.fingerprints:
+            raise OidcError("invalid_grant", "refresh with a certificate of this API session")
         self._store.extend_api_session(session.id, self._settings.refresh_seconds)
         return session, identity
 
@@ -186,7 +186,7 @@ class OidcApi:
         def issue(kind: str, lifetime: float, **extra: Any) -> str:
             return oidctokens.issue(kind, settings.key, issuer=issuer,
                                     identity_id=identity.id, api_session_id=session.id,
-                                    fingerprints=(session.fingerprint,),
+                                    fingerprints=session.fingerprints,
                                     config_types=session.config_types, lifetime=lifetime,
                                     now=now, extra=extra)
 

@@ -93,7 +93,10 @@ def create_ca(common_name: str = "tunneler network CA") -> tuple[x509.Certificat
 
 
 def _leaf_builder(subject: str, public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey,
-                  ca_cert: x509.Certificate, days: int) -> x509.CertificateBuilder:
+                  ca_cert: x509.Certificate, lifetime: datetime.timedelta,
+                  ) -> x509.CertificateBuilder:
+    """Valid from a little before now (clock skew: 5 min, or a tenth of a short lifetime, so
+    that a client renewing at 2/3 of the validity renews at 2/3 of the lifetime)."""
     now = _now()
     return (
         x509.CertificateBuilder()
@@ -101,8 +104,8 @@ def _leaf_builder(subject: str, public_key: rsa.RSAPublicKey | ec.EllipticCurveP
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _BACKDATE)
-        .not_valid_after(now + datetime.timedelta(days=days))
+        .not_valid_before(now - min(_BACKDATE, lifetime / 10))
+        .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
             ca_cert.public_key()), critical=False)  # type: ignore[arg-type]
@@ -119,7 +122,7 @@ def issue_server_cert(hostname: str, ca_cert: x509.Certificate, ca_key: PrivateK
     with contextlib.suppress(ValueError):
         sans.append(x509.IPAddress(ipaddress.ip_address(hostname)))
     cert = (
-        _leaf_builder(hostname, key.public_key(), ca_cert, SERVER_DAYS)
+        _leaf_builder(hostname, key.public_key(), ca_cert, datetime.timedelta(days=SERVER_DAYS))
         .add_extension(x509.SubjectAlternativeName(list(dict.fromkeys(sans))), critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                               ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
@@ -129,14 +132,16 @@ def issue_server_cert(hostname: str, ca_cert: x509.Certificate, ca_key: PrivateK
 
 
 def issue_client_cert(csr: x509.CertificateSigningRequest, identity_id: str, trust_domain: str,
-                      ca_cert: x509.Certificate, ca_key: PrivateKey) -> x509.Certificate:
-    """A clientAuth cert for `identity_id` (CN, SPIFFE URI SAN); the CSR subject is ignored."""
+                      ca_cert: x509.Certificate, ca_key: PrivateKey, *,
+                      lifetime: float = CLIENT_DAYS * 86400.0) -> x509.Certificate:
+    """A clientAuth cert for `identity_id` (CN, SPIFFE URI SAN) valid `lifetime` seconds; the
+    CSR subject is ignored (the caller refuses one that names somebody else)."""
     public_key = csr.public_key()
     if not isinstance(public_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         raise EnrollmentError("CSR key must be RSA or EC")
     spiffe = f"spiffe://{trust_domain}/identity/{identity_id}"
     return (
-        _leaf_builder(identity_id, public_key, ca_cert, CLIENT_DAYS)
+        _leaf_builder(identity_id, public_key, ca_cert, datetime.timedelta(seconds=lifetime))
         .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]),
                        critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Statements that bring a database of version N-1 to version N (run once, in order).
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE api_sessions ADD COLUMN auth_method TEXT NOT NULL DEFAULT 'cert'",),
+    3: ("ALTER TABLE authenticators ADD COLUMN id TEXT",
+        "ALTER TABLE authenticators ADD COLUMN pending_pem TEXT",
+        "ALTER TABLE authenticators ADD COLUMN pending_fingerprint TEXT",
+        "ALTER TABLE authenticators ADD COLUMN expires_at REAL",
+        "ALTER TABLE authenticators ADD COLUMN renewed_at REAL",
+        "UPDATE authenticators SET id = fingerprint WHERE id IS NULL",
+        "ALTER TABLE api_sessions ADD COLUMN fingerprints TEXT NOT NULL DEFAULT '[]'"),
 }
 
 SCHEMA = """
@@ -22,10 +29,15 @@ CREATE TABLE IF NOT EXISTS identities (
     updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS authenticators (
-    fingerprint TEXT PRIMARY KEY,
+    fingerprint TEXT PRIMARY KEY,          -- of the current certificate
     identity_id TEXT NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
     cert_pem TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    id TEXT,                               -- stable authenticator id (the first fingerprint)
+    pending_pem TEXT,                      -- an extended certificate waiting for extend-verify
+    pending_fingerprint TEXT,
+    expires_at REAL,                       -- of the current certificate
+    renewed_at REAL
 );
 CREATE TABLE IF NOT EXISTS enrollments (
     jti TEXT PRIMARY KEY,
@@ -71,7 +83,8 @@ CREATE TABLE IF NOT EXISTS api_sessions (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     expires_at REAL NOT NULL,
-    auth_method TEXT NOT NULL DEFAULT 'cert'
+    auth_method TEXT NOT NULL DEFAULT 'cert',
+    fingerprints TEXT NOT NULL DEFAULT '[]'  -- certificates that may present it (renewals)
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY,

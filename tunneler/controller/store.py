@@ -18,9 +18,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from tunneler.configs import HOST_V1, INTERCEPT_V1, TUNNELER_CLIENT_V1, TUNNELER_SERVER_V1
 from tunneler.controller.models import (
     ApiSession,
+    Authenticator,
     Identity,
     Permissions,
     Router,
@@ -39,6 +42,20 @@ BUSY_TIMEOUT_SECONDS = 10.0
 KNOWN_CONFIG_TYPES = (INTERCEPT_V1, HOST_V1, TUNNELER_CLIENT_V1, TUNNELER_SERVER_V1, "host.v2")
 
 Issuer = Callable[[Identity], tuple[str, str]]  # identity -> (fingerprint, cert PEM)
+
+
+def _not_after(pem: str) -> float | None:
+    """A certificate's expiry, epoch seconds (None if the PEM does not parse)."""
+    try:
+        return x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc.timestamp()
+    except ValueError:
+        return None
+
+
+def _authenticator(row: sqlite3.Row) -> Authenticator:
+    return Authenticator(row["id"] or row["fingerprint"], row["identity_id"], row["fingerprint"],
+                         row["cert_pem"], row["created_at"], row["expires_at"],
+                         row["renewed_at"], row["pending_fingerprint"], row["pending_pem"])
 
 
 def new_id() -> str:
@@ -132,6 +149,33 @@ class Store:
                         "ON a.identity_id = i.id WHERE a.fingerprint = ?", fingerprint)
         return self._identity(row) if row else None
 
+    def identities(self) -> list[Identity]:
+        """All identities, ordered by name."""
+        rows = self._db.execute("SELECT * FROM identities ORDER BY name").fetchall()
+        return [self._identity(row) for row in rows]
+
+    def delete_identity(self, name: str) -> bool:
+        """Revoke an identity: it, its certificates, enrollments, API sessions and sessions go
+        (routers close its channels and circuits at their next sweep). False if unknown."""
+        with self._tx() as db:
+            deleted = db.execute("DELETE FROM identities WHERE name = ?", (name,)).rowcount
+            if deleted:
+                self._mark_changed()
+        return bool(deleted)
+
+    def api_sessions(self) -> list[ApiSession]:
+        """Every live API session, newest first."""
+        rows = self._db.execute("SELECT a.*, i.name AS identity_name FROM api_sessions a JOIN "
+                                "identities i ON i.id = a.identity_id WHERE a.expires_at >= ? "
+                                "ORDER BY a.created_at DESC", (self._clock(),)).fetchall()
+        return [self._api_session_of(row) for row in rows]
+
+    def session_count(self, api_session_id: str) -> int:
+        """How many Dial/Bind sessions an API session holds."""
+        row = self._one("SELECT COUNT(*) AS n FROM sessions WHERE api_session_id = ?",
+                        api_session_id)
+        return int(row["n"]) if row else 0
+
     def upsert_identity(self, name: str, role_attributes: Sequence[str] | None = None) -> str:
         """Create or update an identity by name; returns "created", "updated" or "unchanged".
 
@@ -188,9 +232,54 @@ class Store:
             if identity is None:
                 raise EnrollmentError("enrollment token's identity no longer exists")
             fingerprint, pem = issue(identity)
-            db.execute("INSERT INTO authenticators VALUES (?, ?, ?, ?)",
-                       (fingerprint, identity.id, pem, now))
+            db.execute("INSERT INTO authenticators (fingerprint, identity_id, cert_pem, "
+                       "created_at, id, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
+                       (fingerprint, identity.id, pem, now, fingerprint, _not_after(pem)))
         return identity, pem
+
+    # -- certificate renewal (authenticators) ------------------------------------------------
+
+    def authenticators(self, identity_id: str) -> list[Authenticator]:
+        """The identity's certificate authenticators."""
+        rows = self._db.execute("SELECT * FROM authenticators WHERE identity_id = ? "
+                                "ORDER BY created_at", (identity_id,)).fetchall()
+        return [_authenticator(row) for row in rows]
+
+    def set_pending_certificate(self, authenticator_id: str, fingerprint: str,
+                                pem: str) -> None:
+        """An extend: remember the new certificate until the client verifies it."""
+        with self._tx() as db:
+            db.execute("UPDATE authenticators SET pending_fingerprint = ?, pending_pem = ? "
+                       "WHERE id = ?", (fingerprint, pem, authenticator_id))
+
+    def verify_pending_certificate(self, authenticator_id: str, pem: str) -> Authenticator:
+        """An extend-verify: the pending certificate becomes the current one (the old one no
+        longer authenticates) and may present the identity's live API sessions.
+
+        Raises:
+            ConfigError: nothing is pending, or `pem` is not the pending certificate.
+        """
+        now = self._clock()
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM authenticators WHERE id = ?",
+                             (authenticator_id,)).fetchone()
+            if row is None or not row["pending_pem"]:
+                raise ConfigError("no extended certificate is waiting to be verified")
+            if row["pending_pem"].strip() != pem.strip():
+                raise ConfigError("the certificate is not the one the extend issued")
+            new = row["pending_fingerprint"]
+            db.execute("UPDATE authenticators SET fingerprint = ?, cert_pem = ?, expires_at = ?, "
+                       "renewed_at = ?, pending_pem = NULL, pending_fingerprint = NULL "
+                       "WHERE id = ?", (new, row["pending_pem"], _not_after(row["pending_pem"]),
+                                        now, authenticator_id))
+            for session in db.execute("SELECT id, fingerprints FROM api_sessions "
+                                      "WHERE identity_id = ?", (row["identity_id"],)).fetchall():
+                renewed = [*json.loads(session["fingerprints"]), new]
+                db.execute("UPDATE api_sessions SET fingerprints = ? WHERE id = ?",
+                           (json.dumps(list(dict.fromkeys(renewed))), session["id"]))
+            updated = db.execute("SELECT * FROM authenticators WHERE id = ?",
+                                 (authenticator_id,)).fetchone()
+        return _authenticator(updated)
 
     # -- services and configs ----------------------------------------------------------------
 
@@ -302,7 +391,9 @@ class Store:
         session_id, token = new_id(), str(uuid.uuid4())
         with self._tx() as db:
             db.execute("DELETE FROM api_sessions WHERE expires_at < ?", (now,))
-            db.execute("INSERT INTO api_sessions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            db.execute("INSERT INTO api_sessions (id, token, identity_id, fingerprint, "
+                       "config_types, created_at, updated_at, expires_at, auth_method) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                        (session_id, token, identity.id, fingerprint, json.dumps(list(config_types)),
                         now, now, now + lifetime, method))
         session = self.api_session_by_id(session_id)
@@ -345,7 +436,7 @@ class Store:
         return ApiSession(row["id"], row["token"], row["identity_id"], row["identity_name"],
                           row["fingerprint"], tuple(json.loads(row["config_types"])),
                           row["created_at"], row["updated_at"], row["expires_at"],
-                          row["auth_method"])
+                          row["auth_method"], tuple(json.loads(row["fingerprints"])))
 
     def delete_api_session(self, session_id: str) -> None:
         """Log out: the API session and its sessions are gone."""
@@ -365,7 +456,7 @@ class Store:
         if session is None:
             return None
         return ApiSessionInfo(session.id, session.token, session.identity_id,
-                              session.identity_name, frozenset({session.fingerprint}))
+                              session.identity_name, frozenset(session.fingerprints))
 
     def create_session(self, api_session: ApiSession, service: Service, kind: str) -> SessionInfo:
         """A new Dial/Bind session (the caller has checked the policy)."""

@@ -13,6 +13,7 @@ from typing import Any
 from tunneler import __version__
 from tunneler.controller.models import (
     ApiSession,
+    Authenticator,
     Identity,
     Permissions,
     Router,
@@ -83,7 +84,8 @@ def _stamps(created_at: float, updated_at: float) -> dict[str, Any]:
             "tags": {}}
 
 
-def api_session(session: ApiSession, now: float) -> dict[str, Any]:
+def api_session(session: ApiSession, now: float,
+                authenticator_id: str | None = None) -> dict[str, Any]:
     """`POST /authenticate` and `GET /current-api-session` data."""
     return {
         "id": session.id, "token": session.token,
@@ -94,9 +96,21 @@ def api_session(session: ApiSession, now: float) -> dict[str, Any]:
         "cachedLastActivityAt": iso_time(session.updated_at),
         "lastActivityAt": iso_time(session.updated_at),
         "authQueries": [], "configTypes": list(session.config_types),
-        "authenticatorId": session.fingerprint, "isMfaRequired": False, "isMfaComplete": False,
+        "authenticatorId": authenticator_id or session.fingerprint, "isMfaRequired": False,
+        "isMfaComplete": False, "isCertExtendable": True, "isCertExtendRequested": False,
+        "isCertKeyRollRequested": False, "improperClientCertChain": False,
         **_stamps(session.created_at, session.updated_at),
     }
+
+
+def authenticator(entity: Authenticator) -> dict[str, Any]:
+    """One entry of `GET /current-identity/authenticators`."""
+    return {"id": entity.id, "method": "cert", "identityId": entity.identity_id,
+            "fingerprint": entity.fingerprint, "certPem": entity.cert_pem,
+            "isIssuedByNetwork": True, "isExtendRequested": False,
+            "isKeyRollRequested": False,
+            "extendRequestedAt": None, **_stamps(entity.created_at, entity.renewed_at
+                                                 or entity.created_at)}
 
 
 def identity(entity: Identity, fingerprint: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ The listener is meant for loopback; binding it elsewhere is the operator's expli
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 from collections.abc import Iterator
 from typing import Any
@@ -71,9 +72,26 @@ class ViewCollector:
         yield _gauge("ready", "1 when ready (router up, services, DNS and routes applied)",
                      0 if problems(status) else 1)
         yield _gauge("uptime_seconds", "seconds since the daemon started", status.uptime_s)
+        yield from _identity_metrics(status)
         yield from _router_metrics(status)
         yield from _service_metrics(status)
         yield from _counter_metrics(status)
+
+
+def _identity_metrics(status: Status) -> Iterator[Any]:
+    expiry = GaugeMetricFamily(f"{PREFIX}_identity_certificate_expiry_timestamp_seconds",
+                               "when the identity's client certificate expires (epoch seconds)",
+                               labels=["identity"])
+    failing = GaugeMetricFamily(f"{PREFIX}_identity_certificate_renewal_failing",
+                                "1 while the last certificate renewal attempt failed",
+                                labels=["identity"])
+    for ident in status.identities:
+        if ident.cert_expires_at:
+            expiry.add_metric([ident.name], datetime.datetime.fromisoformat(
+                ident.cert_expires_at).timestamp())
+            failing.add_metric([ident.name], 1 if ident.cert_renewal_error else 0)
+    yield expiry
+    yield failing
 
 
 def _router_metrics(status: Status) -> Iterator[Any]:

@@ -145,6 +145,11 @@ def _state_lines(status: Status) -> list[str]:
         expiry = f", session until {ident.api_session_expires_at}" \
             if ident.api_session_expires_at else ""
         lines.append(f"  {ident.name}: {state}, {ctrl}, {ident.services} services{expiry}")
+        if ident.cert_expires_at:
+            renewed = f", renewed {ident.cert_renewed_at}" if ident.cert_renewed_at else ""
+            failing = f", RENEWAL FAILING ({ident.cert_renewal_error})" \
+                if ident.cert_renewal_error else ""
+            lines.append(f"    certificate until {ident.cert_expires_at}{renewed}{failing}")
     lines.append("edge routers")
     for router in status.routers or ():
         state = "connected" if router.connected else "not connected"

@@ -48,6 +48,10 @@ class IdentityStatus:
     services: int = 0
     error: str | None = None
     controller_checked_at: str | None = None    # ISO 8601, UTC: the last refresh's answer
+    cert_expires_at: str | None = None          # ISO 8601, UTC: the client certificate's end
+    cert_renewed_at: str | None = None          # ISO 8601, UTC: the last renewal (this run)
+    cert_renewal_error: str | None = None       # why the last renewal attempt failed
+    cert_expiring: bool = False                 # near its end while renewal keeps failing
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,8 @@ def problems(status: Status) -> list[str]:
     """Why the daemon is not ready/healthy; empty when it is."""
     found = [f"identity {i.name} not loaded: {i.error or 'unknown error'}"
              for i in status.identities if not i.loaded]
+    found += [f"identity {i.name} certificate expires {i.cert_expires_at} and renewal keeps "
+              f"failing: {i.cert_renewal_error}" for i in status.identities if i.cert_expiring]
     if not status.identities:
         found.append("no identity loaded")
     if not any(r.connected for r in status.routers):

@@ -42,6 +42,11 @@ LINK_CHECK_INTERVAL = 2.0
 WILDCARD_VIPS_SHOWN = 8
 
 
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else datetime.datetime.fromtimestamp(
+        epoch, datetime.UTC).isoformat()
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
@@ -74,11 +79,15 @@ class ContextsView:
             expires = session.expires_at.isoformat() if session and session.expires_at else None
             contact = ctx.controller_contact
             error = None if contact.error is None else f"controller: {contact.error}"
-            checked = None if contact.at is None else datetime.datetime.fromtimestamp(
-                contact.at, datetime.UTC).isoformat()
-            result.append(IdentityStatus(ctx.name, session is not None,
-                                         session is not None and error is None, expires,
-                                         len(ctx.services), error, checked))
+            checked = _iso(contact.at)
+            cert = ctx.renewal.state(ctx.identity, time.time()) if ctx.renewal else None
+            result.append(IdentityStatus(
+                ctx.name, session is not None, session is not None and error is None, expires,
+                len(ctx.services), error, checked,
+                _iso(cert.expires_at if cert else ctx.identity.certificate.not_valid_after_utc
+                     .timestamp()),
+                _iso(cert.renewed_at) if cert else None, cert.error if cert else None,
+                cert.expiring if cert else False))
         return tuple(result)
 
     def routers(self) -> tuple[RouterStatus, ...]:

@@ -42,6 +42,7 @@ REFRESH_INTERVAL = 60.0
 # Longest wait between attempts to reach a controller or router, or to bind again: after an
 # outage of any length, service is back within this much (plus one attempt) of its return.
 RECONNECT_CAP = 5.0
+RENEWAL_CHECK_INTERVAL = 600.0
 MAX_DIAL_ATTEMPTS = 3
 ServiceListener = Callable[[ServiceChanges], None]
 
@@ -313,7 +314,9 @@ class ZitiContext:
         backoff = Backoff(cap=RETRY_CAP, rng=self._rng)
         while True:
             due = renewal_due(self.identity.certificate)
-            await asyncio.sleep(max(0.0, due - time.time()))
+            if (wait := due - time.time()) > 0:  # in steps: a suspended machine wakes late
+                await asyncio.sleep(min(wait, RENEWAL_CHECK_INTERVAL))
+                continue
             try:
                 await self.renew_certificate()
             except (ControllerError, OSError, TimeoutError, IdentityError) as exc:

@@ -11,6 +11,12 @@ command -v curl >/dev/null || need+=(curl)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
+# the real-host tests (issue 12): a container engine, Debian roots, a booted systemd
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+command -v newuidmap >/dev/null || need+=(uidmap)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v systemd-nspawn >/dev/null || need+=(systemd-container)
 [ "${#need[@]}" -eq 0 ] && exit 0
 
 if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then

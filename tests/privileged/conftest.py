@@ -22,6 +22,7 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from tests.support import realhost  # noqa: E402
 from tests.support.netns import netns_pool  # noqa: E402, F401  (fixture)
 from tunneler.demo import netns  # noqa: E402
 
@@ -60,3 +61,17 @@ def _remove_stale_namespaces() -> Iterator[None]:
     if skip_reason() is None:
         netns.remove_stale()
     yield
+
+
+@pytest.fixture(scope="session")
+def debian_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A minimal Debian root (debootstrap, once per session): the base of test images.
+    Removed at the end of the session."""
+    reason = realhost.missing_tools("debootstrap")
+    if reason:
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("roots")
+    try:
+        yield realhost.debian_root(work / "base")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

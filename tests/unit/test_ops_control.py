@@ -145,6 +145,17 @@ def test_stale_socket_is_replaced_live_one_refused(socket_dir: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_a_directory_we_cannot_use_is_a_clear_error_and_close_touches_nothing(
+        socket_dir: Path) -> None:
+    blocker = socket_dir / "file"
+    blocker.write_text("a file where the runtime directory should be")
+    server = ControlServer(SampleView(), blocker / "s.sock")
+    with pytest.raises(ControlError, match="--control-socket ''"):
+        asyncio.run(server.start())
+    asyncio.run(server.close())  # nothing bound: nothing to unlink, no second error
+    assert blocker.read_text().startswith("a file")
+
+
 def test_unknown_group_is_refused(socket_dir: Path) -> None:
     server = ControlServer(SampleView(), socket_dir / "s.sock", group="no-such-group-xyz")
     with pytest.raises(ControlError, match="group 'no-such-group-xyz' does not exist"):

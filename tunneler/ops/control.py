@@ -142,16 +142,22 @@ class ControlServer:
         """Bind the socket (replacing a stale one), set its mode and group.
 
         Raises:
-            ControlError: the path is taken by a live daemon or is not a socket.
+            ControlError: the path is taken by a live daemon, is not a socket, or its
+                directory is not ours to write.
         """
-        _remove_stale(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self._group is not None:
             self._gid = _group_id(self._group)
         old_umask = os.umask(0o117)
         try:
+            _remove_stale(self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._server = await asyncio.start_unix_server(self._serve, self.path,
                                                            limit=MAX_REQUEST)
+        except OSError as exc:
+            raise ControlError(f"control socket {self.path}: {exc.strerror or exc}: make "
+                               f"{self.path.parent} writable by uid {os.geteuid()}, choose "
+                               "another --control-socket, or turn it off with "
+                               "--control-socket ''") from None
         finally:
             os.umask(old_umask)
         try:
@@ -168,8 +174,8 @@ class ControlServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock: socket.socket = writer.get_extra_info("socket")

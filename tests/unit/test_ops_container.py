@@ -45,7 +45,7 @@ def test_kubernetes_sidecar_is_least_privilege() -> None:
 
 def test_dockerfile() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert "FROM python:3.11-slim" in text
+    assert "ARG BASE=python:3.11-slim\n" in text and "\nFROM ${BASE}\n" in text
     assert "\nUSER tunneler\n" in text
     assert 'CMD ["tunneler", "status", "--control-socket", "/run/tunneler/tunneler.sock"]' in text
     assert 'ENTRYPOINT ["/usr/local/bin/tunneler-entrypoint"]' in text

@@ -156,6 +156,20 @@ def test_a_directory_we_cannot_use_is_a_clear_error_and_close_touches_nothing(
     assert blocker.read_text().startswith("a file")
 
 
+def test_a_missing_runtime_directory_is_made_searchable(socket_dir: Path) -> None:
+    server = ControlServer(SampleView(), socket_dir / "run" / "s.sock")
+
+    async def scenario() -> None:
+        await server.start()
+        await server.close()
+
+    asyncio.run(scenario())
+    made = socket_dir / "run"
+    mode = made.stat().st_mode & 0o700
+    made.rmdir()
+    assert mode == 0o700  # the socket's umask (0o117) is not the directory's
+
+
 def test_unknown_group_is_refused(socket_dir: Path) -> None:
     server = ControlServer(SampleView(), socket_dir / "s.sock", group="no-such-group-xyz")
     with pytest.raises(ControlError, match="group 'no-such-group-xyz' does not exist"):

@@ -147,19 +147,20 @@ class ControlServer:
         """
         if self._group is not None:
             self._gid = _group_id(self._group)
-        old_umask = os.umask(0o117)
         try:
             _remove_stale(self.path)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._server = await asyncio.start_unix_server(self._serve, self.path,
-                                                           limit=MAX_REQUEST)
+            old_umask = os.umask(0o117)   # the socket only: the directory keeps its x bits
+            try:
+                self._server = await asyncio.start_unix_server(self._serve, self.path,
+                                                               limit=MAX_REQUEST)
+            finally:
+                os.umask(old_umask)
         except OSError as exc:
             raise ControlError(f"control socket {self.path}: {exc.strerror or exc}: make "
                                f"{self.path.parent} writable by uid {os.geteuid()}, choose "
                                "another --control-socket, or turn it off with "
                                "--control-socket ''") from None
-        finally:
-            os.umask(old_umask)
         try:
             os.chown(self.path, -1, self._gid)
             os.chmod(self.path, 0o660)

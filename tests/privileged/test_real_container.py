@@ -63,10 +63,15 @@ def _image(engine: Podman, what: str) -> str:
     return f"localhost/{engine.prefix}-{what}:test"
 
 
+def _logs(engine: Podman, container: str) -> str:
+    """The container's output, both streams, from one `podman logs`."""
+    done = engine("logs", container, check=False)
+    return done.stdout + done.stderr
+
+
 def _wait_logged(engine: Podman, container: str, text: str) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    while text not in (logs := engine("logs", container, check=False).stdout +
-                       engine("logs", container, check=False).stderr):
+    while text not in (logs := _logs(engine, container)):
         state = engine("inspect", "-f", "{{.State.Status}}", container, check=False).stdout
         assert state.strip() in ("running", "created", "configured"), \
             f"{container} is {state.strip()}:\n{logs[-3000:]}"

@@ -14,10 +14,12 @@ FROM ${BASE} AS build
 ARG PIP_CERT
 ARG PIP_INDEX_URL
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY tunneler ./tunneler
+# every dependency at the version CI tested (requirements.lock, scripts/lock.sh)
 RUN python3 -m venv /opt/tunneler \
-    && /opt/tunneler/bin/pip install --no-cache-dir --disable-pip-version-check . \
+    && PIP_CONSTRAINT=/src/requirements.lock /opt/tunneler/bin/pip install --no-cache-dir \
+       --disable-pip-version-check . \
     && find /opt/tunneler -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${BASE}

@@ -4,14 +4,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Exact versions of everything installed, pip and the build backend included (scripts/lock.sh).
+LOCK := PIP_CONSTRAINT=$(CURDIR)/requirements.lock
 
-.PHONY: deps peers sysdeps demo test lint unit bench clean
+.PHONY: deps peers sysdeps demo test lint unit bench lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(LOCK) $(BIN)/pip install -q --upgrade pip setuptools
+	$(LOCK) $(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# After changing a dependency in pyproject.toml: resolve afresh and rewrite requirements.lock.
+lock:
+	PYTHON=$(PYTHON) bash scripts/lock.sh
 
 # libziti 1.18.3 (the current OpenZiti C SDK) in its own venv, when its kit is on this machine.
 peers: $(STAMP)

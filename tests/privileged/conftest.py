@@ -12,19 +12,14 @@ import functools
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-from tests.support import realhost  # noqa: E402
-from tests.support.netns import netns_pool  # noqa: E402, F401  (fixture)
-from tunneler.demo import netns  # noqa: E402
+from tests.support import realhost
+from tests.support.netns import netns_pool  # noqa: F401  (fixture)
+from tunneler.demo import netns
 
 _HERE = Path(__file__).resolve().parent
 

@@ -104,6 +104,14 @@ def test_resolvectl_argv_lists() -> None:
         ["resolvectl", "domain", "t0", "~."], ["resolvectl", "default-route", "t0", "yes"]]
 
 
+def test_resolvectl_never_inherits_the_service_managers_notify_socket() -> None:
+    # systemd's tools send ERRNO= to $NOTIFY_SOCKET when they fail; systemd logs that as a
+    # notification from a stranger (seen under a real systemd, test_real_systemd.py)
+    service = {"PATH": "/usr/bin", "NOTIFY_SOCKET": "/run/systemd/notify",
+               "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "89", "LANG": "C.UTF-8"}
+    assert system.child_environment(service) == {"PATH": "/usr/bin", "LANG": "C.UTF-8"}
+
+
 def test_write_in_place_keeps_the_inode(tmp_path: Path) -> None:
     path = tmp_path / "resolv.conf"
     path.write_bytes(b"x" * 500)

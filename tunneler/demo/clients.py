@@ -1,7 +1,7 @@
 """Small programs the scenario runs inside its namespaces: ``python -m tunneler.demo.clients CMD``.
 
 - ``upstream-dns``: the resolver the app namespace had before tunneler (edge, UDP 53). It
-  knows no name at all: every query gets NXDOMAIN.
+  knows one name, the edge router's (an A record), and answers NXDOMAIN to everything else.
 - ``get URL``: print a body (the stub's ``/stats``).
 - ``stream``: one streamed completion with the official client; JSON with the arrival time of
   each token (time to first token vs last).
@@ -25,7 +25,7 @@ import time
 import urllib.request
 from typing import TYPE_CHECKING, Any
 
-from tunneler.demo.scenario import LLM_URL
+from tunneler.demo.scenario import EDGE_APP_IP, EDGE_NAME, LLM_URL
 
 if TYPE_CHECKING:
     from openai.types.chat import ChatCompletionMessageParam
@@ -49,8 +49,9 @@ MAX_DNS_QUERY = 4096
 
 
 def upstream_dns(bind: str, port: int) -> None:
-    """Answer every query with NXDOMAIN, forever (killed with the namespace)."""
-    from dnslib import RCODE, DNSError, DNSRecord
+    """Answer A queries for the edge router's name, NXDOMAIN to all else, forever (killed with
+    the namespace)."""
+    from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind((bind, port))
@@ -58,10 +59,14 @@ def upstream_dns(bind: str, port: int) -> None:
     while True:
         data, peer = sock.recvfrom(MAX_DNS_QUERY)
         try:
-            reply = DNSRecord.parse(data).reply()
+            query = DNSRecord.parse(data)
         except DNSError:  # garbage on the wire (dnslib wraps every parse error): ignore it
             continue
-        reply.header.rcode = RCODE.NXDOMAIN
+        reply = query.reply()
+        if str(query.q.qname).rstrip(".").lower() != EDGE_NAME:
+            reply.header.rcode = RCODE.NXDOMAIN
+        elif query.q.qtype == QTYPE.A:
+            reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=A(EDGE_APP_IP), ttl=60))
         sock.sendto(reply.pack(), peer)
 
 

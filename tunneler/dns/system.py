@@ -25,7 +25,7 @@ import ipaddress
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from tunneler.errors import TunnelerError
@@ -43,6 +43,12 @@ MARKER = (b"# tunneler: the next line is ours and is removed on exit; "
           b"the rest of this file is the original\n")
 MAX_RESOLV_CONF = 64 * 1024
 RESOLVECTL_TIMEOUT = 10.0
+#: the service manager's variables are for our main process only: systemd's own tools report
+#: their failures there too (`ERRNO=`), which systemd then logs as a stray notification
+POLKIT_HINT = ("; systemd-resolved takes link settings from a non-root daemon only through "
+               "polkit: install polkitd and dns/polkit/50-tunneler-resolve1.rules as "
+               "/etc/polkit-1/rules.d/50-tunneler-resolve1.rules, or run with --no-dns-config")
+SERVICE_MANAGER_VARIABLES = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 
 
 class DnsSetupError(TunnelerError):
@@ -183,10 +189,15 @@ def detect_method(resolv_conf: Path = RESOLV_CONF, *, no_dns_config: bool = Fals
     return Method.RESOLVED, "systemd-resolved runs and the system resolves through it"
 
 
+def child_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Our environment without the service manager's variables (see above)."""
+    return {k: v for k, v in environ.items() if k not in SERVICE_MANAGER_VARIABLES}
+
+
 def _resolvectl(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(list(argv), capture_output=True, text=True, check=False,
-                              timeout=RESOLVECTL_TIMEOUT)
+                              timeout=RESOLVECTL_TIMEOUT, env=child_environment())
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise DnsSetupError(f"{' '.join(argv)} failed: {exc}") from exc
 
@@ -195,8 +206,8 @@ def apply_resolved(link: str, dns_ip: str, domains: Iterable[str], route_all: bo
     for argv in resolvectl_commands(link, dns_ip, domains, route_all):
         result = _resolvectl(argv)
         if result.returncode != 0:
-            raise DnsSetupError(f"{' '.join(argv)} failed: {result.stderr.strip()} (polkit may "
-                                "deny org.freedesktop.resolve1 to non-root users; see dns/)")
+            raise DnsSetupError(f"{' '.join(argv)} failed: {result.stderr.strip()}"
+                                + (POLKIT_HINT if "denied" in result.stderr else ""))
 
 
 def revert_resolved_link(link: str) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import grp
 import json
 import os
@@ -40,6 +41,10 @@ IDLE_TIMEOUT = 30.0
 REFUSE_TIMEOUT = 2.0
 REFRESH_TIMEOUT = 30.0
 _PEERCRED = struct.Struct("3i")
+_GID = struct.Struct("I")
+#: <linux/socket.h> (Python does not export it); NGROUPS_MAX is 65536
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+MAX_GROUPS = 65536
 
 Handler = Callable[[DaemonView, dict[str, Any]], Awaitable[Any]]
 
@@ -108,19 +113,30 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def _supplementary_groups(pid: int) -> set[int]:
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                return {int(g) for g in line.split()[1:]}
+def peer_groups(sock: socket.socket) -> set[int]:
+    """The peer's supplementary groups, from the kernel (SO_PEERGROUPS, Linux 4.13).
+
+    Not from /proc/PID/status: the unit's ProtectProc=invisible hides other users'
+    processes, so a member of the socket's group would be refused (and a PID can be reused).
+    """
+    size = 256 * _GID.size
+    while size <= MAX_GROUPS * _GID.size:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+        except OSError as exc:
+            if exc.errno != errno.ERANGE:
+                return set()
+            size *= 16
+            continue
+        return {gid for (gid,) in _GID.iter_unpack(raw[:len(raw) - len(raw) % _GID.size])}
     return set()
 
 
-def is_allowed(pid: int, uid: int, gid: int, socket_gid: int) -> bool:
+def is_allowed(uid: int, gid: int, socket_gid: int, groups: Callable[[], set[int]]) -> bool:
     """Root, our own user, or a member (primary or supplementary) of the socket's group."""
     if uid in (0, os.geteuid()) or gid == socket_gid:
         return True
-    return socket_gid in _supplementary_groups(pid)
+    return socket_gid in groups()
 
 
 # ---- server ----------------------------------------------------------------------------------
@@ -162,7 +178,8 @@ class ControlServer:
                                "another --control-socket, or turn it off with "
                                "--control-socket ''") from None
         try:
-            os.chown(self.path, -1, self._gid)
+            if os.stat(self.path).st_gid != self._gid:  # chown is denied to the hardened units
+                os.chown(self.path, -1, self._gid)
             os.chmod(self.path, 0o660)
         except OSError as exc:
             await self.close()
@@ -182,7 +199,7 @@ class ControlServer:
         sock: socket.socket = writer.get_extra_info("socket")
         try:
             pid, uid, gid = peer_credentials(sock)
-            if not is_allowed(pid, uid, gid, self._gid):
+            if not is_allowed(uid, gid, self._gid, lambda: peer_groups(sock)):
                 log.warning("control.peer_refused", pid=pid, uid=uid, gid=gid)
                 await _refuse(reader, writer, "permission denied: not root and not in the "
                                               "tunneler socket's group")

@@ -152,7 +152,7 @@ class DaemonView(Protocol):
 
 def problems(status: Status) -> list[str]:
     """Why the daemon is not ready/healthy; empty when it is."""
-    found = [f"identity {i.name} not loaded: {i.error or 'unknown error'}"
+    found = [f"identity {i.name} not loaded: {i.error or 'not authenticated yet'}"
              for i in status.identities if not i.loaded]
     found += [f"identity {i.name} certificate expires {i.cert_expires_at} and renewal keeps "
               f"failing: {i.cert_renewal_error}" for i in status.identities if i.cert_expiring]

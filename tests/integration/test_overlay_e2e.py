@@ -15,7 +15,7 @@ import socketserver
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,7 @@ def _overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overlay]:
                         {"low": web.server_address[1], "high": web.server_address[1]}]}}}]
     overlay = build_overlay(tmp_path_factory.mktemp("overlay"), services)
     overlay.ports = {"web": web.server_address[1], "blob": blob_port}  # type: ignore[attr-defined]
+    overlay.blobs = blobs  # type: ignore[attr-defined]
     try:
         yield overlay
     finally:
@@ -197,19 +198,53 @@ def _closed_port() -> int:
     return port
 
 
+def _tcp_max(kind: str) -> int:
+    """The kernel's largest autotuned TCP buffer (tcp_rmem / tcp_wmem, third field)."""
+    return int(Path(f"/proc/sys/net/ipv4/tcp_{kind}").read_text().split()[2])
+
+
 def test_slow_reader_keeps_memory_bounded(overlay: Overlay) -> None:
-    """Backpressure end to end: a client that stops reading must not make anyone buffer it all."""
-    size = 128 * 1024 * 1024
-    processes = {name: psutil.Process(overlay.processes[name].pid) for name in ("proxy", "host")}
+    """Backpressure end to end: a client that stops reading must not make anyone buffer it all.
+
+    The blob server is shown to be blocked: its progress stops short of the size. Three TCP
+    hops (blob→host, host→router, router→proxy) may each hold this kernel's largest buffers,
+    so the size is chosen above all of them plus what each process may queue; a process that
+    kept reading would let the server finish, and grow.
+    """
+    blobs: ThreadingServer = overlay.blobs  # type: ignore[attr-defined]
+    in_kernel = 3 * (_tcp_max("rmem") + _tcp_max("wmem")) + _tcp_max("wmem") + (1 << 20)
+    size = max(128 << 20, in_kernel + 3 * PROCESS_QUEUE + (32 << 20)) // (1 << 20) << 20
+    processes = {name: psutil.Process(proc.pid) for name, proc in overlay.processes.items()}
     before = {name: p.memory_info().rss for name, p in processes.items()}
     with _connect(overlay, "blob") as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        start = blobs.down_sent
         sock.sendall(f"DOWN {size}\n".encode())
-        time.sleep(3)
+        sent = _until_still(lambda: blobs.down_sent - start)
         grown = {name: p.memory_info().rss - before[name] for name, p in processes.items()}
+        assert sent < size, "the server was never blocked: something buffered it all"
         received = _read_all(sock)
     assert hashlib.sha256(received).digest() == hashlib.sha256(blob(size)).digest()
-    assert all(growth < 48 * 1024 * 1024 for growth in grown.values()), grown
+    assert all(growth < GROWTH_CAP for growth in grown.values()), grown
+
+
+GROWTH_CAP = 48 << 20
+#: more than any one process of the path queues for a flow (router and client write limits)
+PROCESS_QUEUE = 8 << 20
+
+
+def _until_still(progress: Callable[[], int], quiet: float = 2.0,
+                 deadline: float = 90.0) -> int:
+    """`progress()` once it stopped moving for `quiet` seconds (a deadline, not a guess)."""
+    end = time.monotonic() + deadline
+    last, since = progress(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < end, "the transfer never stalled"
+        time.sleep(0.1)
+        now = progress()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
 
 
 def _in_process(overlay: Overlay, scenario: Any) -> Any:

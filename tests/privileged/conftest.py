@@ -59,7 +59,19 @@ def _remove_stale_namespaces() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def debian_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def debootstrap_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where the session's debootstrap runs keep the packages they downloaded, so the second
+    root fetches only what the first did not have. Removed at the end of the session."""
+    cache = tmp_path_factory.mktemp("debootstrap-cache")
+    try:
+        yield cache
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def debian_base(tmp_path_factory: pytest.TempPathFactory,
+                debootstrap_cache: Path) -> Iterator[Path]:
     """A minimal Debian root (debootstrap, once per session): the base of test images.
     Removed at the end of the session."""
     reason = realhost.missing_tools("debootstrap")
@@ -67,6 +79,6 @@ def debian_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("roots")
     try:
-        yield realhost.debian_root(work / "base")
+        yield realhost.debian_root(work / "base", cache=debootstrap_cache)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -124,7 +124,8 @@ def _prepare(root: Path, dist: Dist, tokens: Path) -> None:
 
 
 @pytest.fixture(scope="module", name="system")
-def _system(dist: Dist, tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+def _system(dist: Dist, tmp_path_factory: pytest.TempPathFactory,
+            debootstrap_cache: Path) -> Iterator[System]:
     work = tmp_path_factory.mktemp("systemd")
     scenario = Scenario(work / "scenario", services=(LLM_SERVICE, WILDCARD))
     booted: Booted | None = None
@@ -134,7 +135,7 @@ def _system(dist: Dist, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sy
         scenario.start(scenario.app, "llm-stub", [*TUNNELER, "llm-stub", "--listen", "127.0.0.1",
                                                   "--port", str(LLM_PORT)])
         scenario.wait_log("llm-stub", "llmstub.started")
-        root = debian_root(work / "root", SYSTEMD_PACKAGES)
+        root = debian_root(work / "root", SYSTEMD_PACKAGES, cache=debootstrap_cache)
         _prepare(root, dist, scenario.dir)
         booted = Booted(root, scenario.app.name, work / "console.log",
                         f"{dist.wheelhouse}:/wheels")
@@ -192,6 +193,7 @@ def test_resolved_sends_exactly_the_intercepted_names_to_our_dns(system: System)
     assert domains is not None and set(domains.group(1).split()) == {
         f"~{LLM_NAME}", "~models.test"}, link
     assert re.search(r"Default Route: no|-DefaultRoute", link), link
+    assert re.search(r"Current Scopes: DNS\s*$", link, re.M) and "-LLMNR -mDNS" in link, link
     for name in (LLM_NAME, "gpu1.models.test"):
         answer = system.resolve(name)
         assert re.search(rf"{re.escape(name)}: 100\.(6[4-9]|[7-9]\d|1[01]\d|12[0-7])\.", answer) \

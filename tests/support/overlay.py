@@ -88,7 +88,11 @@ class BlobHandler(socketserver.BaseRequestHandler):
                 digest.update(chunk)
             sock.sendall(digest.hexdigest().encode())
         elif command[0] == b"DOWN":
-            sock.sendall(blob(int(command[1])))
+            data = memoryview(blob(int(command[1])))
+            server: ThreadingServer = self.server  # type: ignore[assignment]
+            for start in range(0, len(data), 1 << 20):  # progress visible to a waiting test
+                sock.sendall(data[start:start + (1 << 20)])
+                server.down_sent += len(data[start:start + (1 << 20)])
             sock.shutdown(socket.SHUT_WR)
             while sock.recv(65536):
                 pass
@@ -99,6 +103,8 @@ class ThreadingServer(socketserver.ThreadingTCPServer):
 
     allow_reuse_address = True
     daemon_threads = True
+    down_sent = 0
+    """Bytes every `DOWN` has handed to the kernel so far (1 MiB steps)."""
 
 
 def start_blob_server() -> tuple[ThreadingServer, int]:

@@ -42,13 +42,16 @@ def _package(tool: str) -> str:
     return {"systemd-nspawn": "systemd-container"}.get(tool, tool)
 
 
-def debian_root(target: Path, packages: tuple[str, ...] = BASE_PACKAGES) -> Path:
-    """A minimal Debian root at `target` with `packages`, caches trimmed.
+def debian_root(target: Path, packages: tuple[str, ...] = BASE_PACKAGES,
+                cache: Path | None = None) -> Path:
+    """A minimal Debian root at `target` with `packages`, caches trimmed. With `cache`, the
+    downloaded packages are kept there for the next root (debootstrap --cache-dir).
 
     Raises:
         RuntimeError: debootstrap failed (its output's end in the message).
     """
-    done = subprocess.run(["debootstrap", "--variant=minbase",
+    cached = [f"--cache-dir={cache.resolve()}"] if cache is not None else []
+    done = subprocess.run(["debootstrap", "--variant=minbase", *cached,
                            f"--include={','.join(packages)}", SUITE, str(target)],
                           capture_output=True, text=True, timeout=DEBOOTSTRAP_TIMEOUT,
                           check=False)

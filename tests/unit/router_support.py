@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 import uuid
 from dataclasses import dataclass, field
@@ -132,6 +133,10 @@ class SimPeer:
         return messages[0]
 
 
+#: the StreamReader's limit: it stops reading the socket at twice this much buffered
+READER_LIMIT = 1 << 22
+
+
 class TlsPeer:
     """A raw SDK stand-in on a real TLS connection to the router."""
 
@@ -141,14 +146,22 @@ class TlsPeer:
         self._inbox: list[Message] = []
 
     @classmethod
-    async def open(cls, port: int, context: ssl.SSLContext) -> TlsPeer:
+    async def open(cls, port: int, context: ssl.SSLContext, *, rcvbuf: int = 0,
+                   limit: int = READER_LIMIT) -> TlsPeer:
+        """Connect; `rcvbuf` > 0 fixes the socket's receive buffer (no autotuning)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         reader, writer = await asyncio.open_connection(
-            "127.0.0.1", port, ssl=context, server_hostname="localhost", limit=1 << 22)
+            sock=sock, ssl=context, server_hostname="localhost", limit=limit)
         return cls(reader, writer)
 
     @classmethod
-    async def authenticated(cls, port: int, context: ssl.SSLContext, token: str) -> TlsPeer:
-        peer = await cls.open(port, context)
+    async def authenticated(cls, port: int, context: ssl.SSLContext, token: str, *,
+                            rcvbuf: int = 0, limit: int = READER_LIMIT) -> TlsPeer:
+        peer = await cls.open(port, context, rcvbuf=rcvbuf, limit=limit)
         reply = await peer.exchange(hello(token))
         assert reply.get_bool(2), reply.body
         return peer

@@ -4,7 +4,7 @@ Methods, chosen by `detect_method`:
 
 - ``RESOLVED`` — systemd-resolved runs and the system resolves through it: per-link DNS on
   the TUN with routing domains limited to the intercepted names (``~llm.private.test``; ``~.``
-  only when asked), ``default-route no``, via ``resolvectl`` argv lists. Undo:
+  only when asked), ``default-route no``, LLMNR and mDNS off, via ``resolvectl`` argv lists. Undo:
   ``resolvectl revert LINK``; the settings also vanish with the link.
 - ``FILE`` — rewrite resolv.conf: an ownership marker line, ``nameserver DNS_IP``, then the
   original file byte for byte (its nameservers stay as fallbacks after ours). The file thus
@@ -131,6 +131,9 @@ def resolvectl_commands(link: str, dns_ip: str, domains: Iterable[str],
         ["resolvectl", "dns", link, dns_ip],
         ["resolvectl", "domain", link, *routed],
         ["resolvectl", "default-route", link, "yes" if route_all else "no"],
+        # no multicast name lookups (LLMNR, mDNS) leak onto the TUN: only unicast DNS to us
+        ["resolvectl", "llmnr", link, "no"],
+        ["resolvectl", "mdns", link, "no"],
     ]
 
 

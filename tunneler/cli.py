@@ -28,7 +28,7 @@ def _add(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, ta
 
 
 def _network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    network = sub.add_parser("network", help="the embedded network: controller + edge router")
+    network = sub.add_parser("network", help="the embedded network: controller + edge routers")
     nsub = network.add_subparsers(dest="network_command", required=True)
     init = _add(nsub, "init", "tunneler.controller.commands:cmd_init",
                 "create a network directory: CA, state database and a first edge router")
@@ -47,11 +47,25 @@ def _network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                       "e.g. 365d or 90s (default 365d); clients renew at two thirds of it")
     init.add_argument("--no-oidc", action="store_true",
                       help="serve legacy API sessions only (no OIDC_AUTH in /version)")
+    added = _add(nsub, "add-router", "tunneler.controller.commands:cmd_add_router",
+                 "add an edge router: a certificate from the network's CA and its address")
+    added.add_argument("dir")
+    added.add_argument("name")
+    added.add_argument("--port", type=int, required=True, help="the router's TLS port")
+    added.add_argument("--hostname", help="name clients reach it by (default: the network's)")
     serve = _add(nsub, "serve", "tunneler.controller.commands:cmd_serve",
-                 "run controller and edge router in the foreground until SIGTERM")
+                 "run the controller and every edge router in the foreground until SIGTERM")
     serve.add_argument("dir")
     serve.add_argument("--listen", default="0.0.0.0", help="address to listen on")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--controller-only", action="store_true",
+                       help="run the controller API only (routers: `network serve-router`)")
+    one = _add(nsub, "serve-router", "tunneler.controller.commands:cmd_serve_router",
+               "run one edge router of the network in the foreground until SIGTERM")
+    one.add_argument("dir")
+    one.add_argument("name")
+    one.add_argument("--listen", default="0.0.0.0", help="address to listen on")
+    one.add_argument("--log-level", default="info")
     apply = _add(nsub, "apply", "tunneler.controller.commands:cmd_apply",
                  "load identities, services, configs and service policies from a YAML file")
     apply.add_argument("dir")

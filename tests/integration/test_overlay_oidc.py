@@ -14,8 +14,6 @@ import asyncio
 import json
 import signal
 import socket
-import socketserver
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +22,8 @@ import pytest
 
 from tests.support.overlay import (
     Overlay,
-    ThreadingServer,
     build_overlay,
+    echo_server,
     free_port,
     host_service,
     wait_for_port,
@@ -37,21 +35,10 @@ OUTAGE_SECONDS = 90
 RECOVERY_SECONDS = 10
 
 
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-
-
 @pytest.fixture(scope="module", name="echo_port")
 def _echo_port() -> Iterator[int]:
-    server = ThreadingServer(("127.0.0.1", 0), _Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
+    with echo_server() as port:
+        yield port
 
 
 @pytest.fixture(scope="module", name="overlay")

@@ -9,14 +9,12 @@ stays open across every renewal (its router links are retired only once idle).
 from __future__ import annotations
 
 import socket
-import socketserver
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.support.overlay import Overlay, ThreadingServer, build_overlay, host_service
+from tests.support.overlay import Overlay, build_overlay, echo_server, host_service
 from tunneler.identity import load_identity
 
 LIFETIME = "90s"
@@ -24,25 +22,16 @@ DURATION = 300.0
 MIN_RENEWALS = 2
 
 
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        while data := self.request.recv(65536):
-            self.request.sendall(data)
-
-
 @pytest.fixture(scope="module", name="overlay")
 def _overlay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overlay]:
-    echo = ThreadingServer(("127.0.0.1", 0), _Echo)
-    threading.Thread(target=echo.serve_forever, daemon=True).start()
-    overlay = build_overlay(tmp_path_factory.mktemp("renewal"),
-                            [host_service("echo", int(echo.server_address[1]))],
-                            init_args=("--client-cert-lifetime", LIFETIME))
-    try:
-        yield overlay
-    finally:
-        overlay.stop_all()
-        echo.shutdown()
-        echo.server_close()
+    with echo_server() as port:
+        overlay = build_overlay(tmp_path_factory.mktemp("renewal"),
+                                [host_service("echo", port)],
+                                init_args=("--client-cert-lifetime", LIFETIME))
+        try:
+            yield overlay
+        finally:
+            overlay.stop_all()
 
 
 def _round_trip(sock: socket.socket, text: bytes) -> bytes:

@@ -8,6 +8,7 @@ it started (SIGTERM, then SIGKILL after a grace period) and reports their exit c
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import signal
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,27 @@ class ThreadingServer(socketserver.ThreadingTCPServer):
     """Bytes every `DOWN` has handed to the kernel so far (1 MiB steps)."""
 
 
+class EchoHandler(socketserver.BaseRequestHandler):
+    """Sends back every byte it receives, until EOF."""
+
+    def handle(self) -> None:
+        with contextlib.suppress(ConnectionResetError):   # a reset flow is a tested outcome
+            while data := self.request.recv(65536):
+                self.request.sendall(data)
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[int]:
+    """A TCP echo server on 127.0.0.1 in a thread; yields its port, stops afterwards."""
+    server = ThreadingServer(("127.0.0.1", 0), EchoHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def start_blob_server() -> tuple[ThreadingServer, int]:
     """The upload/download server, in a thread."""
     server = ThreadingServer(("127.0.0.1", 0), BlobHandler)
@@ -161,6 +183,27 @@ class Overlay:
         self.exit_codes.update(self.programs.stop_all())
 
 
+def apply_policy(directory: Path, services: Sequence[dict[str, Any]], host_identity: str,
+                 client_identity: str,
+                 extra_policy: dict[str, list[dict[str, Any]]] | None = None) -> None:
+    """`network apply` DIR/net: `services` bound by the host, dialled by the client."""
+    policy = {
+        "identities": [{"name": host_identity, "roleAttributes": ["hosts"]},
+                       {"name": client_identity, "roleAttributes": ["clients"]}],
+        "services": [{"roleAttributes": ["svc"], **service} for service in services],
+        "servicePolicies": [
+            {"name": "bind", "type": "Bind", "semantic": "AnyOf", "identityRoles": ["#hosts"],
+             "serviceRoles": ["#svc"]},
+            {"name": "dial", "type": "Dial", "semantic": "AnyOf", "identityRoles": ["#clients"],
+             "serviceRoles": ["#svc"]},
+        ],
+    }
+    for section, entries in (extra_policy or {}).items():
+        policy[section] = [*policy.get(section, []), *entries]
+    (directory / "policy.yaml").write_text(yaml.safe_dump(policy))
+    tunneler(directory, "network", "apply", str(directory / "net"), "policy.yaml")
+
+
 def build_overlay(directory: Path, services: Sequence[dict[str, Any]], *,
                   host_identity: str = "host1", client_identity: str = "client1",
                   extra_policy: dict[str, list[dict[str, Any]]] | None = None,
@@ -180,21 +223,7 @@ def build_overlay(directory: Path, services: Sequence[dict[str, Any]], *,
     ctrl_port, router_port = free_port(), free_port()
     tunneler(directory, "network", "init", net, "--hostname", "localhost",
              "--controller-port", str(ctrl_port), "--router-port", str(router_port), *init_args)
-    policy = {
-        "identities": [{"name": host_identity, "roleAttributes": ["hosts"]},
-                       {"name": client_identity, "roleAttributes": ["clients"]}],
-        "services": [{"roleAttributes": ["svc"], **service} for service in services],
-        "servicePolicies": [
-            {"name": "bind", "type": "Bind", "semantic": "AnyOf", "identityRoles": ["#hosts"],
-             "serviceRoles": ["#svc"]},
-            {"name": "dial", "type": "Dial", "semantic": "AnyOf", "identityRoles": ["#clients"],
-             "serviceRoles": ["#svc"]},
-        ],
-    }
-    for section, entries in (extra_policy or {}).items():
-        policy[section] = [*policy.get(section, []), *entries]
-    (directory / "policy.yaml").write_text(yaml.safe_dump(policy))
-    tunneler(directory, "network", "apply", net, "policy.yaml")
+    apply_policy(directory, services, host_identity, client_identity, extra_policy)
     overlay = Overlay(directory)
     try:
         overlay.start("network", "network", "serve", net, "--listen", "127.0.0.1")

@@ -20,7 +20,7 @@ import itertools
 import random
 import time
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ REFRESH_INTERVAL = 60.0
 RECONNECT_CAP = 5.0
 RENEWAL_CHECK_INTERVAL = 600.0
 MAX_DIAL_ATTEMPTS = 3
+#: routers a dialer keeps a connected link to when its sessions list that many
+STANDBY_LINKS = 2
 ServiceListener = Callable[[ServiceChanges], None]
 
 
@@ -355,15 +357,19 @@ class ZitiContext:
             raise DialError(f"service {name!r} is not available to {self.name}") from None
 
     # -- router links ----------------------------------------------------------------------
-    async def link_for(self, routers: Sequence[EdgeRouterRef]) -> RouterLink:
-        """The best link to one of `routers`: a connected one, else the first to connect.
+    async def link_for(self, routers: Sequence[EdgeRouterRef],
+                       exclude: frozenset[str] = frozenset()) -> RouterLink:
+        """The best link to one of `routers` (not in `exclude`): the lowest-latency connected
+        one, else the first to connect. A standby link to a second router is opened in the
+        background, so losing one router leaves a connected one for the next flow.
 
         Raises:
             DialError: none of them can be reached now.
         """
-        routers = list(routers) or self._routers
+        routers = [r for r in (list(routers) or self._routers) if r.url not in exclude]
         live = [self._links[r.url] for r in routers if r.url in self._links]
         if live:
+            self._keep_standby(routers, live)
             return min(live, key=lambda link: float("inf") if link.latency is None
                        else link.latency)
         tasks = [task for r in routers if (task := self._connect(r.url)) is not None]
@@ -380,6 +386,16 @@ class ZitiContext:
             tasks = list(pending)
         raise DialError("no edge router reachable: "
                         + ("; ".join(errors) or "all are waiting to retry after failures"))
+
+    def _keep_standby(self, routers: Sequence[EdgeRouterRef], live: Sequence[RouterLink]) -> None:
+        """With fewer than STANDBY_LINKS connected, start connecting to one more router."""
+        if len(live) >= STANDBY_LINKS or any(r.url in self._connecting for r in routers):
+            return
+        for router in routers:
+            if router.url not in self._links and self._connect(router.url) is not None:
+                task = self._connecting[router.url]
+                task.add_done_callback(_consume)  # a failure is logged and retried later
+                return
 
     def _connect(self, url: str) -> asyncio.Task[RouterLink] | None:
         task = self._connecting.get(url)
@@ -452,12 +468,14 @@ class ZitiContext:
         if "Dial" not in service.permissions:
             raise DialError(f"{self.name} may not dial service {service_name!r}")
         encoded = None if app_data is None else encode_app_data(app_data)
-        for _attempt in range(MAX_DIAL_ATTEMPTS):
+        failed: set[str] = set()   # routers this dial failed through: the next attempt avoids them
+        rejected = 0
+        while True:
             session = self._dial_sessions.get(service.id)
             if session is None:
                 session = await self.ctrl.create_session(service.id, "Dial")
                 self._dial_sessions[service.id] = session
-            link = await self.link_for(session.edge_routers)
+            link = await self.link_for(session.edge_routers, frozenset(failed))
             try:
                 return await dial(link, self.next_conn_id(), session.token, self.name, sink,
                                   encrypted=service.encryption_required, app_data=encoded,
@@ -465,8 +483,17 @@ class ZitiContext:
             except InvalidSessionError:
                 log.info("context.dial_session_rejected", service=service_name)
                 self._dial_sessions.pop(service.id, None)
-        raise DialError(f"service {service_name!r} unavailable: session rejected "
-                        f"{MAX_DIAL_ATTEMPTS} times")
+                rejected += 1
+                if rejected >= MAX_DIAL_ATTEMPTS:
+                    raise DialError(f"service {service_name!r} unavailable: session rejected "
+                                    f"{MAX_DIAL_ATTEMPTS} times") from None
+            except DialError as exc:
+                failed.add(link.url)
+                others = {r.url for r in session.edge_routers} - failed
+                if not others:
+                    raise
+                log.info("context.dial_retried", service=service_name, router=link.url,
+                         error=str(exc))
 
     # -- bind ------------------------------------------------------------------------------
     def bind(self, service: ServiceInfo, on_dial: DialHandler,
@@ -480,75 +507,110 @@ class ZitiContext:
 
 @dataclass
 class Binding:
-    """A service kept bound by a background task."""
+    """A service kept bound on every edge router its Bind session lists, one task each."""
 
     context: ZitiContext
     service: ServiceInfo
     on_dial: DialHandler
     options: BindOptions
     task: asyncio.Task[None] | None = None
-    listener: EdgeListener | None = None
+    listeners: dict[str, EdgeListener] = field(default_factory=dict)   # router URL -> listener
+    _session: SessionRef | None = None
 
     async def run(self) -> None:
-        """Bind, wait for loss, back off, bind again."""
+        """Learn the routers from a Bind session (retrying), then keep each one bound."""
         ctx = self.context
         backoff = ctx._new_backoff()
-        loop = asyncio.get_running_loop()
         while True:
             try:
-                await self._bind_once()
+                routers = (await self._bind_session()).edge_routers or tuple(ctx._routers)
+                break
             except (DialError, ControllerError, OSError, TimeoutError) as exc:
                 delay = backoff.failed()
                 log.warning("host.bind_failed", service=self.service.name, error=str(exc),
                             retry_in=round(delay, 2))
+                await asyncio.sleep(delay)
+        await asyncio.gather(*(self._keep_bound(router) for router in routers))
+
+    async def _bind_session(self) -> SessionRef:
+        if self._session is None:
+            self._session = await self.context.ctrl.create_session(self.service.id, "Bind")
+        return self._session
+
+    async def _keep_bound(self, router: EdgeRouterRef) -> None:
+        """Bind on `router`, wait for loss, back off, bind again."""
+        backoff = self.context._new_backoff()
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._bind_once(router)
+            except (DialError, ControllerError, OSError, TimeoutError) as exc:
+                delay = backoff.failed()
+                log.warning("host.bind_failed", service=self.service.name, router=router.url,
+                            error=str(exc), retry_in=round(delay, 2))
             else:
                 backoff.connected(loop.time())
-                log.info("host.service_bound", service=self.service.name, identity=ctx.name)
-                await self._wait_unbound()
+                log.info("host.service_bound", service=self.service.name,
+                         identity=self.context.name, router=router.url)
+                await self._wait_unbound(router.url)
                 delay = backoff.lost(loop.time())
                 log.warning("host.service_unbound", service=self.service.name,
-                            retry_in=round(delay, 2))
+                            router=router.url, retry_in=round(delay, 2))
             await asyncio.sleep(delay)
 
-    async def _wait_unbound(self) -> None:
-        """Until the current listener is gone (one that `move()` replaced does not count)."""
+    async def _wait_unbound(self, url: str) -> None:
+        """Until the router's current listener is gone (one `move()` replaced does not count)."""
         while True:
-            listener = self.listener
-            assert listener is not None
+            listener = self.listeners[url]
             await listener.wait_closed()
-            if self.listener is listener or self.listener is None or self.listener.closed:
+            current = self.listeners.get(url)
+            if current is listener or current is None or current.closed:
                 return
 
     async def move(self) -> None:
-        """Bind on a link of the current certificate, then unbind the old listener: no
+        """Bind on links of the current certificate, then unbind the old listeners: no
         moment without a terminator (a failure leaves the old one; `run()` carries on)."""
-        old = self.listener
-        try:
-            await self._bind_once()
-        except (DialError, ControllerError, OSError, TimeoutError) as exc:
-            log.warning("host.bind_move_failed", service=self.service.name, error=str(exc))
-            self.listener = old
-            return
-        if old is not None:
+        routers = {r.url: r for r in self._session.edge_routers} if self._session else {}
+        for url, old in list(self.listeners.items()):
+            if url not in routers:
+                continue
+            try:
+                await self._bind_once(routers[url])
+            except (DialError, ControllerError, OSError, TimeoutError) as exc:
+                log.warning("host.bind_move_failed", service=self.service.name, router=url,
+                            error=str(exc))
+                self.listeners[url] = old
+                continue
             old.unbind()
-        log.info("host.service_rebound", service=self.service.name)
+            log.info("host.service_rebound", service=self.service.name, router=url)
 
-    async def _bind_once(self) -> None:
+    async def _bind_once(self, router: EdgeRouterRef) -> None:
         ctx = self.context
-        session = await ctx.ctrl.create_session(self.service.id, "Bind")
-        link = await ctx.link_for(session.edge_routers)
-        self.listener = EdgeListener(link, ctx.next_conn_id(), session.token, ctx.name,
-                                     self.on_dial, ctx.next_conn_id,
-                                     encrypted=self.service.encryption_required,
-                                     options=self.options)
-        await self.listener.bind()
+        session = await self._bind_session()
+        link = await ctx.link_for([router])
+        listener = EdgeListener(link, ctx.next_conn_id(), session.token, ctx.name,
+                                self.on_dial, ctx.next_conn_id,
+                                encrypted=self.service.encryption_required,
+                                options=self.options)
+        self.listeners[router.url] = listener
+        try:
+            await listener.bind()
+        except DialError:
+            self._session = None   # the next attempt asks the controller for a new session
+            raise
 
     async def stop(self) -> None:
-        """Unbind and stop re-binding."""
+        """Unbind everywhere and stop re-binding."""
         with contextlib.suppress(ValueError):
             self.context._bindings.remove(self)
         if self.task is not None:
             self.task.cancel()
             await asyncio.gather(self.task, return_exceptions=True)
-        if self.listener is not None:
-            self.listener.unbind()
+        for listener in self.listeners.values():
+            listener.unbind()
+
+
+def _consume(task: asyncio.Task[RouterLink]) -> None:
+    """Retrieve a background connect's outcome (`_open_link` logged a failure)."""
+    if not task.cancelled():
+        task.exception()

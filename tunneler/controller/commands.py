@@ -1,4 +1,5 @@
-"""`tunneler network init|serve|apply|enroll-token`: the embedded network's CLI handlers.
+"""`tunneler network init|add-router|serve|serve-router|apply|list|delete-identity|enroll-token`:
+the embedded network's CLI handlers.
 
 `apply` and `enroll-token` work on the state database directly (no server needed); they are
 safe while `serve` runs because the database is in WAL mode with short write transactions.
@@ -12,12 +13,13 @@ import json
 import os
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 
 from tunneler import aio, jwt
 from tunneler.controller import listing, network, pki, policyfile
 from tunneler.controller.api import ControllerApi
+from tunneler.controller.models import Router
 from tunneler.controller.store import Store
 from tunneler.durations import parse_duration
 from tunneler.errors import ConfigError
@@ -140,33 +142,93 @@ def cmd_delete_identity(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the controller API and the edge router until SIGTERM/SIGINT."""
+def cmd_add_router(args: argparse.Namespace) -> int:
+    """Add an edge router: its certificate from the network's CA and its row in state.db."""
     directory = network.load(Path(args.dir))
-    return aio.run(lambda stop: serve(directory, args.listen, stop))
+    name = network.check_router_name(args.name)
+    hostname = args.hostname or directory.config.hostname
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: must be a port number 1..65535")
+    store = Store(directory.state_db)
+    try:
+        routers = store.routers()
+        if any(router.name == name for router in routers):
+            raise ConfigError(f"router {name!r} already exists in {args.dir}")
+        taken = {(r.hostname, r.port): r.name for r in routers}
+        taken[(directory.config.hostname, directory.config.controller_port)] = "the controller"
+        if (hostname, args.port) in taken:
+            raise ConfigError(f"{hostname}:{args.port} is already used by "
+                              f"{taken[(hostname, args.port)]}; choose another --port")
+        pki.add_server_cert(directory.pki, directory.router_cert(name), hostname)
+        router = store.add_router(name, hostname, args.port)
+    finally:
+        store.close()
+    log.info("network.router_added", router=name, url=router.url)
+    print(f"router {name} {router.url} added: `tunneler network serve {args.dir}` runs it with "
+          f"the others, `tunneler network serve-router {args.dir} {name}` on its own")
+    return 0
 
 
-async def serve(directory: network.NetworkDir, listen: str, stop: asyncio.Event) -> int:
-    """Serve until `stop` is set; returns the exit code."""
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the controller API and every edge router (or only the API) until SIGTERM/SIGINT."""
+    directory = network.load(Path(args.dir))
+    routers: list[str] | None = [] if args.controller_only else None
+    return aio.run(lambda stop: serve(directory, args.listen, stop, routers=routers))
+
+
+def cmd_serve_router(args: argparse.Namespace) -> int:
+    """Run one edge router of the directory (no controller) until SIGTERM/SIGINT."""
+    directory = network.load(Path(args.dir))
+    return aio.run(lambda stop: serve(directory, args.listen, stop, controller=False,
+                                      routers=[args.name]))
+
+
+def _chosen_routers(store: Store, names: Sequence[str] | None) -> list[Router]:
+    known = {router.name: router for router in store.routers()}
+    if names is None:
+        return list(known.values())
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise ConfigError(f"no router named {', '.join(map(repr, missing))}; the network has "
+                          f"{', '.join(known) or 'none'} (`tunneler network add-router`)")
+    return [known[name] for name in names]
+
+
+async def serve(directory: network.NetworkDir, listen: str, stop: asyncio.Event, *,
+                controller: bool = True, routers: Sequence[str] | None = None) -> int:
+    """Serve the controller API (if `controller`) and the named routers (None: every one)
+    until `stop` is set; returns the exit code. Separate processes may serve parts of one
+    directory: they share state.db."""
     from tunneler.router.server import EdgeRouter  # imported lazily: router is optional for API
 
     config = directory.config
     store = Store(directory.state_db)
-    api = ControllerApi(store, directory.api_settings(), clock=time.time)
-    router = EdgeRouter(store, pki.server_ssl_context(directory.pki, "router",
-                                                      require_client_cert=True),
-                        name=config.router_name,
-                        token_key=directory.signing_key().public_key() if config.oidc else None)
     try:
-        await _listen(api.start(listen, config.controller_port, pki.server_ssl_context(
-            directory.pki, "ctrl", require_client_cert=False)), listen, config.controller_port)
-        await _listen(router.start(listen, config.router_port), listen, config.router_port)
-        log.info("network.serving", controller=config.controller_url,
-                 router=f"tls://{config.hostname}:{config.router_port}")
+        chosen = _chosen_routers(store, routers)
+    except ConfigError:
+        store.close()
+        raise
+    api = ControllerApi(store, directory.api_settings(), clock=time.time) if controller else None
+    token_key = directory.signing_key().public_key() if config.oidc else None
+    edges = [EdgeRouter(store, pki.server_ssl_context(directory.pki,
+                                                      directory.router_cert(router.name),
+                                                      require_client_cert=True),
+                        name=router.name, token_key=token_key) for router in chosen]
+    try:
+        if api is not None:
+            await _listen(api.start(listen, config.controller_port, pki.server_ssl_context(
+                directory.pki, "ctrl", require_client_cert=False)), listen,
+                config.controller_port)
+        for router, edge in zip(chosen, edges, strict=True):
+            await _listen(edge.start(listen, router.port), listen, router.port)
+        log.info("network.serving", controller=config.controller_url if api else None,
+                 routers=[router.url for router in chosen])
         await stop.wait()
     finally:
-        await router.close()
-        await api.close()
+        for edge in edges:
+            await edge.close()
+        if api is not None:
+            await api.close()
         store.close()
         log.info("network.stopped")
     return 0

@@ -3,13 +3,16 @@
 Layout (docs/architecture.md): `network.json` {hostname, controller_port, router_port,
 router_name, instance_id, oidc, access_token_seconds, refresh_token_seconds,
 client_cert_seconds} (the last four optional: OIDC on, 30 min, 24 h, 365 d); `state.db`;
-`pki/ca.pem|key`, `pki/ctrl.pem|key`, `pki/router.pem|key`.
+`pki/ca.pem|key`, `pki/ctrl.pem|key`, `pki/router.pem|key` (the first router) and
+`pki/router-NAME.pem|key` (each router `network add-router` added; all routers are rows of
+state.db, which every `serve`/`serve-router` process of the directory shares).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,16 @@ CLIENT_CERT_RANGE = (30, 10 * 365 * 86400)
 NETWORK_FILE = "network.json"
 STATE_FILE = "state.db"
 MAX_NETWORK_FILE_BYTES = 65536
+ROUTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+
+def check_router_name(name: str) -> str:
+    """A router name: 1..63 letters, digits, `_`, `.` or `-`, starting with a letter or digit
+    (it names the router's certificate files)."""
+    if not ROUTER_NAME.fullmatch(name):
+        raise ConfigError(f"router name {name!r}: use 1..63 letters, digits, '_', '.' or '-', "
+                          "starting with a letter or digit")
+    return name
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,11 @@ class NetworkDir:
     @property
     def state_db(self) -> Path:
         return self.root / STATE_FILE
+
+    def router_cert(self, router_name: str) -> str:
+        """The PKI name of a router's TLS certificate: "router" for the one `init` made,
+        "router-NAME" for the ones `add-router` made."""
+        return "router" if router_name == self.config.router_name else f"router-{router_name}"
 
     def signing_key(self) -> rsa.RSAPrivateKey:
         """The controller TLS key, which signs enrollment JWTs (RS256)."""

@@ -213,9 +213,19 @@ def create_pki(pki: Pki, hostname: str) -> None:
     write_key(pki.ca_key, ca_key)
     write_cert(pki.ca_cert, ca_cert)
     for name in ("ctrl", "router"):
-        cert, key = issue_server_cert(hostname, ca_cert, ca_key)
-        write_key(pki.key(name), key)
-        write_cert(pki.cert(name), cert)
+        _write_server_cert(pki, name, hostname, ca_cert, ca_key)
+
+
+def add_server_cert(pki: Pki, name: str, hostname: str) -> None:
+    """Issue `name`.pem/.key (a TLS server certificate for `hostname`) from the network's CA."""
+    _write_server_cert(pki, name, hostname, load_cert(pki.ca_cert), load_key(pki.ca_key))
+
+
+def _write_server_cert(pki: Pki, name: str, hostname: str, ca_cert: x509.Certificate,
+                       ca_key: PrivateKey) -> None:
+    cert, key = issue_server_cert(hostname, ca_cert, ca_key)
+    write_key(pki.key(name), key)
+    write_cert(pki.cert(name), cert)
 
 
 def server_ssl_context(pki: Pki, name: str, *, require_client_cert: bool) -> ssl.SSLContext:
@@ -223,7 +233,7 @@ def server_ssl_context(pki: Pki, name: str, *, require_client_cert: bool) -> ssl
 
     Args:
         pki: the network's PKI paths.
-        name: "ctrl" or "router".
+        name: "ctrl", "router" (the first router) or "router-NAME" (`network add-router`).
         require_client_cert: CERT_REQUIRED (router) or CERT_OPTIONAL (controller: enrollment
             clients have no certificate yet).
     """

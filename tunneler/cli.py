@@ -70,6 +70,9 @@ def _network_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
                  "load identities, services, configs and service policies from a YAML file")
     apply.add_argument("dir")
     apply.add_argument("file")
+    apply.add_argument("--prune", action="store_true",
+                       help="also delete the service policies the file does not name (their "
+                       "circuits close within seconds)")
     listed = _add(nsub, "list", "tunneler.controller.commands:cmd_list",
                   "show the network's routers, identities, services, policies or API sessions")
     listed.add_argument("dir")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,11 +22,11 @@ import pytest
 
 from tests.support.overlay import (
     Overlay,
-    apply_policy,
     echo_server,
     free_port,
     host_service,
-    tunneler,
+    roundtrip,
+    split_network,
     wait_for_port,
 )
 
@@ -36,19 +35,12 @@ NEW_FLOW_LIMIT = 2.0
 REBIND_LIMIT = 10.0
 
 
-def _roundtrip(port: int, word: bytes = b"ping", timeout: float = 5.0) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    sock.sendall(word)
-    assert sock.recv(64) == word
-    return sock
-
-
 def _first_working_flow(port: int, limit: float) -> float:
     """Seconds until a new flow through the proxy echoes (tried again until `limit` x 5)."""
     start = time.monotonic()
     while True:
         try:
-            _roundtrip(port, timeout=limit).close()
+            roundtrip(port, timeout=limit).close()
             return time.monotonic() - start
         except OSError:
             assert time.monotonic() - start < 5 * limit, "no new flow got through"
@@ -57,30 +49,8 @@ def _first_working_flow(port: int, limit: float) -> float:
 
 @pytest.fixture(name="net")
 def _net(tmp_path: Path) -> Iterator[tuple[Overlay, dict[str, int]]]:
-    ports = {"ctrl": free_port(), "router1": free_port(), "edge2": free_port()}
-    net = str(tmp_path / "net")
-    tunneler(tmp_path, "network", "init", net, "--hostname", "localhost", "--controller-port",
-             str(ports["ctrl"]), "--router-port", str(ports["router1"]))
-    tunneler(tmp_path, "network", "add-router", net, "edge2", "--port", str(ports["edge2"]))
-    with echo_server() as echo:
-        apply_policy(tmp_path, [host_service("echo", echo)], "host1", "client1")
-        overlay = Overlay(tmp_path)
-        try:
-            overlay.start("controller", "network", "serve", net, "--controller-only",
-                          "--listen", "127.0.0.1")
-            overlay.start("router1", "network", "serve-router", net, "router1",
-                          "--listen", "127.0.0.1")
-            for identity in ("host1", "client1"):
-                tunneler(tmp_path, "network", "enroll-token", net, identity,
-                         "-o", f"{identity}.jwt")
-            wait_for_port(ports["ctrl"])
-            wait_for_port(ports["router1"])
-            for identity in ("host1", "client1"):
-                tunneler(tmp_path, "enroll", "--jwt", f"{identity}.jwt", "--identity",
-                         f"{identity}.json")
-            yield overlay, ports
-        finally:
-            overlay.stop_all()
+    with echo_server() as echo, split_network(tmp_path, [host_service("echo", echo)]) as net:
+        yield net
 
 
 def test_network_list_shows_both_routers(net: tuple[Overlay, dict[str, int]],
@@ -102,14 +72,14 @@ def test_a_killed_router_fails_over_and_is_bound_again_when_it_returns(
     overlay.wait_for_log("host", "host.service_bound", count=1)   # router1; edge2 is down
     overlay.start("proxy", "proxy", "--identity", "client1.json", f"echo={proxy_port}")
     wait_for_port(proxy_port)
-    carried = _roundtrip(proxy_port, b"on router1")   # only router1 has a terminator
+    carried = roundtrip(proxy_port, b"on router1")   # only router1 has a terminator
     net_dir = str(overlay.programs.dir / "net")
     overlay.start("edge2", "network", "serve-router", net_dir, "edge2", "--listen", "127.0.0.1")
     wait_for_port(ports["edge2"])
     overlay.wait_for_log("host", "host.service_bound", count=2, timeout=REBIND_LIMIT + 5)
     assert f"localhost:{ports['edge2']}" in overlay.log("host").split("host.service_bound")[-2]
     # a new flow makes the proxy open its standby link to edge2
-    _roundtrip(proxy_port).close()
+    roundtrip(proxy_port).close()
     overlay.wait_for_log("proxy", "link.connected", count=2, timeout=15)
 
     killed = time.monotonic()
@@ -131,4 +101,4 @@ def test_a_killed_router_fails_over_and_is_bound_again_when_it_returns(
     print(f"failover: flow reset {reset:.3f} s, new flow {new_flow:.3f} s, "
           f"re-bind {rebind:.3f} s")
     assert reset <= FLOW_RESET_LIMIT and new_flow <= NEW_FLOW_LIMIT and rebind <= REBIND_LIMIT
-    _roundtrip(proxy_port).close()
+    roundtrip(proxy_port).close()

@@ -138,3 +138,28 @@ def test_apply_refuses_an_alias_bomb(net: Path, tmp_path: Path) -> None:
     result = run("network", "apply", str(net), str(bomb))
     assert result.returncode == 1
     assert "more than 100000 YAML nodes once aliases are expanded" in result.stderr
+
+
+def test_add_router_issues_a_certificate_and_refuses_clashes_with_clear_errors(
+        net: Path) -> None:
+    port = free_port()
+    added = run("network", "add-router", str(net), "edge9", "--port", str(port))
+    assert added.returncode == 0, added.stderr
+    assert f"router edge9 tls://localhost:{port} added" in added.stdout
+    cert = pki.load_cert(net / "pki" / "router-edge9.pem")
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName)
+    assert stat.S_IMODE((net / "pki" / "router-edge9.key").stat().st_mode) == 0o600
+    config = json.loads((net / "network.json").read_text())
+    for argv, message in [
+        (["edge9", "--port", str(free_port())], "router 'edge9' already exists"),
+        (["edge10", "--port", str(port)], f"localhost:{port} is already used by edge9"),
+        (["edge11", "--port", str(config["controller_port"])], "used by the controller"),
+        (["../evil", "--port", str(free_port())], "use 1..63 letters, digits"),
+        (["edge12", "--port", "70000"], "must be a port number 1..65535"),
+    ]:
+        refused = run("network", "add-router", str(net), *argv)
+        assert refused.returncode == 1 and message in refused.stderr, refused.stderr
+    unknown = run("network", "serve-router", str(net), "nope")
+    assert unknown.returncode == 1 and "no router named 'nope'" in unknown.stderr
+    assert "edge9" in unknown.stderr

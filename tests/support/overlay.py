@@ -185,9 +185,11 @@ class Overlay:
 
 def apply_policy(directory: Path, services: Sequence[dict[str, Any]], host_identity: str,
                  client_identity: str,
-                 extra_policy: dict[str, list[dict[str, Any]]] | None = None) -> None:
-    """`network apply` DIR/net: `services` bound by the host, dialled by the client."""
-    policy = {
+                 extra_policy: dict[str, list[dict[str, Any]]] | None = None, *,
+                 dial: bool = True, prune: bool = False) -> None:
+    """`network apply` DIR/net: `services` bound by the host, dialled by the client (unless
+    not `dial`); `prune` deletes the service policies the file does not name."""
+    policy: dict[str, list[dict[str, Any]]] = {
         "identities": [{"name": host_identity, "roleAttributes": ["hosts"]},
                        {"name": client_identity, "roleAttributes": ["clients"]}],
         "services": [{"roleAttributes": ["svc"], **service} for service in services],
@@ -198,10 +200,13 @@ def apply_policy(directory: Path, services: Sequence[dict[str, Any]], host_ident
              "serviceRoles": ["#svc"]},
         ],
     }
+    if not dial:
+        policy["servicePolicies"] = [p for p in policy["servicePolicies"] if p["type"] != "Dial"]
     for section, entries in (extra_policy or {}).items():
         policy[section] = [*policy.get(section, []), *entries]
     (directory / "policy.yaml").write_text(yaml.safe_dump(policy))
-    tunneler(directory, "network", "apply", str(directory / "net"), "policy.yaml")
+    tunneler(directory, "network", "apply", str(directory / "net"), "policy.yaml",
+             *(["--prune"] if prune else []))
 
 
 def build_overlay(directory: Path, services: Sequence[dict[str, Any]], *,
@@ -253,3 +258,45 @@ def host_service(name: str, port: int, *, encrypted: bool = True) -> dict[str, A
     return {"name": name, "encryptionRequired": encrypted,
             "configs": {"host.v1": {"protocol": "tcp", "address": "127.0.0.1", "port": port}}}
 
+
+
+def roundtrip(port: int, word: bytes = b"ping", timeout: float = 5.0) -> socket.socket:
+    """Connect to 127.0.0.1:port, send `word`, check it comes back; the open socket."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.sendall(word)
+    assert sock.recv(64) == word
+    return sock
+
+
+@contextlib.contextmanager
+def split_network(directory: Path, services: Sequence[dict[str, Any]],
+                  clients: Sequence[str] = ("client1",),
+                  ) -> Iterator[tuple[Overlay, dict[str, int]]]:
+    """A network whose controller and routers are separate processes on one directory:
+    `router1` (from init) and `edge2` (`network add-router`); the controller (`serve
+    --controller-only`) and router1 (`serve-router`) run, edge2 is left to the test. host1
+    binds `services`, `clients` dial them; all are enrolled (DIR/<name>.json). Yields the
+    overlay and the ports by name ("ctrl", "router1", "edge2")."""
+    ports = {"ctrl": free_port(), "router1": free_port(), "edge2": free_port()}
+    net = str(directory / "net")
+    tunneler(directory, "network", "init", net, "--hostname", "localhost", "--controller-port",
+             str(ports["ctrl"]), "--router-port", str(ports["router1"]))
+    tunneler(directory, "network", "add-router", net, "edge2", "--port", str(ports["edge2"]))
+    apply_policy(directory, services, "host1", clients[0], {
+        "identities": [{"name": name, "roleAttributes": ["clients"]} for name in clients[1:]]})
+    overlay = Overlay(directory)
+    try:
+        overlay.start("controller", "network", "serve", net, "--controller-only",
+                      "--listen", "127.0.0.1")
+        overlay.start("router1", "network", "serve-router", net, "router1",
+                      "--listen", "127.0.0.1")
+        for identity in ("host1", *clients):
+            tunneler(directory, "network", "enroll-token", net, identity, "-o", f"{identity}.jwt")
+        wait_for_port(ports["ctrl"])
+        wait_for_port(ports["router1"])
+        for identity in ("host1", *clients):
+            tunneler(directory, "enroll", "--jwt", f"{identity}.jwt", "--identity",
+                     f"{identity}.json")
+        yield overlay, ports
+    finally:
+        overlay.stop_all()

@@ -71,6 +71,24 @@ def test_entities_absent_from_the_file_are_left_alone(tmp_path: Path, store: Sto
     assert store.service_by_name("llm") is not None and len(store.policies()) == 2
 
 
+def test_prune_deletes_only_the_service_policies_the_file_does_not_name(
+        tmp_path: Path, store: Store) -> None:
+    policyfile.apply(store, policyfile.load(_write(tmp_path, MINIMAL)))
+    laptop, llm = store.identity_by_name("laptop"), store.service_by_name("llm")
+    assert laptop and llm
+    without_dial = policyfile.parse_document({"servicePolicies": [
+        {"name": "llm-bind", "type": "Bind", "identityRoles": ["#llm-hosts"],
+         "serviceRoles": ["#llm"]}]})
+    changes = policyfile.apply(store, without_dial, prune=True)
+    assert changes == [("servicePolicy", "llm-bind", "unchanged"),
+                       ("servicePolicy", "llm-dial", "deleted")]
+    assert [p.name for p in store.policies()] == ["llm-bind"]
+    assert not store.is_permitted(laptop.id, llm.id, "Dial")
+    assert store.identity_by_name("laptop") and store.service_by_name("llm")  # never pruned
+    assert policyfile.apply(store, without_dial, prune=True) == [
+        ("servicePolicy", "llm-bind", "unchanged")]
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "policies").glob("*.yaml")))
 def test_example_policy_files_are_valid(path: Path, store: Store) -> None:
     changes = policyfile.apply(store, policyfile.load(path))

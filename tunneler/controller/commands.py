@@ -70,7 +70,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     spec = policyfile.load(Path(args.file))
     store = Store(directory.state_db)
     try:
-        changes = policyfile.apply(store, spec)
+        changes = policyfile.apply(store, spec, prune=args.prune)
     finally:
         store.close()
     for kind, name, status in changes:

@@ -281,8 +281,10 @@ def load(path: Path) -> ApplyFile:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-def apply(store: Store, spec: ApplyFile) -> list[tuple[str, str, str]]:
-    """Upsert every entity of `spec`; returns (kind, name, created/updated/unchanged) rows."""
+def apply(store: Store, spec: ApplyFile, *, prune: bool = False) -> list[tuple[str, str, str]]:
+    """Upsert every entity of `spec`; returns (kind, name, created/updated/unchanged/deleted)
+    rows. With `prune`, service policies the file does not name are deleted (identities are
+    only ever removed by `network delete-identity`, services stay)."""
     changes = [("identity", i.name, store.upsert_identity(i.name, i.role_attributes))
                for i in spec.identities]
     changes += [("service", s.name, store.upsert_service(
@@ -291,4 +293,8 @@ def apply(store: Store, spec: ApplyFile) -> list[tuple[str, str, str]]:
     changes += [("servicePolicy", p.name, store.upsert_policy(
         p.name, kind=p.type, semantic=p.semantic, identity_roles=p.identity_roles,
         service_roles=p.service_roles)) for p in spec.policies]
+    if prune:
+        named = {p.name for p in spec.policies}
+        changes += [("servicePolicy", p.name, "deleted") for p in store.policies()
+                    if p.name not in named and store.delete_policy(p.name)]
     return changes

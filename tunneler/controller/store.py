@@ -364,6 +364,15 @@ class Store:
             self._mark_changed()
             return "updated" if current else "created"
 
+    def delete_policy(self, name: str) -> bool:
+        """Remove a service policy (routers close the circuits it alone allowed at their next
+        sweep). False if unknown."""
+        with self._tx() as db:
+            deleted = db.execute("DELETE FROM service_policies WHERE name = ?", (name,)).rowcount
+            if deleted:
+                self._mark_changed()
+        return bool(deleted)
+
     def permissions(self, identity: Identity, service: Service) -> Permissions:
         """The policy types that currently grant `identity` access to `service`."""
         return permissions(self.policies(), identity, service)

@@ -147,6 +147,9 @@ def load_identity(path: str | Path) -> Identity:
                             f"tunneler enroll --jwt TOKEN.jwt --identity {path}") from None
     except OSError as exc:
         raise IdentityError(f"cannot read identity file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise IdentityError(f"identity file {path} is not UTF-8 text: {exc.reason} at byte "
+                            f"{exc.start}") from None
     try:
         data = json.loads(raw)
     except ValueError as exc:

@@ -104,6 +104,18 @@ def test_too_many_headers_rejected() -> None:
         m.FrameDecoder().feed(m.PREFIX.pack(m.MAGIC, 0, 0, len(block), 0) + block)
 
 
+def test_a_bad_header_in_a_frame_that_arrived_in_pieces_is_a_protocol_violation() -> None:
+    # found by tests/support/fuzz.py: the failed decode left a view on the partial-frame
+    # buffer in its traceback, and clearing that buffer raised BufferError instead
+    block = bytes.fromhex("e8030000" "64000000") + b"short"   # header 1000 claims 100 bytes
+    frame = m.PREFIX.pack(m.MAGIC, 0, 0, len(block), 0) + block
+    connection = ChannelConnection()
+    assert connection.receive_data(frame[:7]) == []
+    (event,) = connection.receive_data(frame[7:])
+    assert isinstance(event, ProtocolViolation) and "runs past" in event.reason
+    assert connection.closed
+
+
 def test_server_requires_hello_first_and_caps_it() -> None:
     server = ChannelConnection(expect_hello=True)
     events = server.receive_data(m.encode(m.Message(m.CONTENT_TYPE_PING)))

@@ -88,6 +88,14 @@ def test_bad_files_say_what_is_wrong(tmp_path: Path, content: str, message: str)
         load_identity(path)
 
 
+def test_a_file_that_is_not_utf8_is_an_identity_error_not_a_traceback(tmp_path: Path) -> None:
+    path = tmp_path / "id.json"          # found by tests/support/fuzz.py
+    path.write_bytes(b'{"ztAPI": "https://x:1", "id": {"cert": "\xff\xfe"}}')
+    os.chmod(path, 0o600)
+    with pytest.raises(IdentityError, match="not UTF-8 text"):
+        load_identity(path)
+
+
 def test_missing_file_says_how_to_enroll(tmp_path: Path) -> None:
     with pytest.raises(IdentityError, match="tunneler enroll"):
         load_identity(tmp_path / "nope.json")

@@ -206,7 +206,9 @@ class FrameDecoder:
                     messages.append(message)
         except FrameError:
             self._failed = True
-            self._buffer.clear()
+            # a new buffer, not clear(): the traceback may still hold a view of the old one,
+            # and a bytearray with a live view cannot be resized (found by tests/support/fuzz)
+            self._buffer = bytearray()
             raise
         if source is self._buffer:
             del self._buffer[:offset]

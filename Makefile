@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Exact versions of everything installed, pip and the build backend included (scripts/lock.sh).
 LOCK := PIP_CONSTRAINT=$(CURDIR)/requirements.lock
 
-.PHONY: deps peers sysdeps demo test lint unit bench lock clean
+.PHONY: deps peers sysdeps demo test test-under-load lint unit bench lock clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: deps
 
 test: sysdeps lint
 	$(BIN)/python -m pytest
+
+# the whole suite 3 times in a row while two CPU-bound processes keep both cores busy
+test-under-load: sysdeps deps
+	bash scripts/test-under-load.sh 3
 
 unit: deps
 	$(BIN)/python -m pytest tests/unit

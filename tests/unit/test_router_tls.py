@@ -275,27 +275,30 @@ def test_host_drop_closes_dialer_circuit(net: Net) -> None:
     run(scenario)
 
 
-def test_pending_handshake_cap(net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_full_pending_list_evicts_the_oldest_so_a_real_client_gets_in(
+        net: Net, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server, "MAX_PENDING", 1)
+
+    async def until(check: Callable[[], bool]) -> None:
+        for _ in range(250):
+            if check():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("condition not reached")
 
     async def scenario() -> None:
         scene = Scene(net)
         async with running(net, scene.auth) as router:
-            _reader, silent = await asyncio.open_connection("127.0.0.1", router.port)  # no TLS
-            for _ in range(50):
-                if router.pending == 1:
-                    break
-                await asyncio.sleep(0.02)
-            reader, refused = await asyncio.open_connection("127.0.0.1", router.port)
-            assert await asyncio.wait_for(reader.read(), 3) == b""
-            assert router.stats.handshakes_refused == 1
-            silent.close()
-            refused.close()
-            for _ in range(50):
-                if router.pending == 0:
-                    break
-                await asyncio.sleep(0.02)
-            assert router.pending == 0 and router.stats.handshake_failures == 1
-            peer = await scene.peer(router.port, net.dialer, scene.dialer_api)
+            old_reader, old = await asyncio.open_connection("127.0.0.1", router.port)  # no TLS
+            await until(lambda: router.pending == 1)
+            new_reader, new = await asyncio.open_connection("127.0.0.1", router.port)
+            assert await asyncio.wait_for(old_reader.read(), 3) == b""   # made room
+            await until(lambda: router.stats.pending_evicted == 1 and router.pending == 1)
+            peer = await scene.peer(router.port, net.dialer, scene.dialer_api)  # served
+            assert await asyncio.wait_for(new_reader.read(), 3) == b""
+            assert router.stats.pending_evicted == 2
             await peer.close()
+            old.close()
+            new.close()
+            await until(lambda: router.pending == 0)
     run(scenario)

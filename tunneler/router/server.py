@@ -4,7 +4,10 @@ One `asyncio.Protocol` per channel shuttles bytes between its transport and the 
 `RouterCore`; after each read it flushes, so every destination channel gets one coalesced
 write per read. Accepting is a loop of its own so that at most `MAX_PENDING` connections can be
 in the TLS handshake or waiting for their hello at once (each bounded by an absolute deadline:
-`HANDSHAKE_TIMEOUT`, then `HELLO_TIMEOUT`); over the cap, new connections are closed at once.
+`HANDSHAKE_TIMEOUT`, then `HELLO_TIMEOUT`); when a new connection finds the slots full, the
+oldest pending one is closed to make room. A flood of connections that never finish TLS or
+never say hello thus costs at most `MAX_PENDING` slots and never locks a real client out: a
+client that completes its handshake in the time 64 newer arrivals take is always served.
 """
 
 from __future__ import annotations
@@ -51,7 +54,13 @@ class EdgeRouter:
         self._listener: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._protocols: set[_ChannelProtocol] = set()
-        self.pending = 0  # connections in the TLS handshake or waiting for their hello
+        # connections in the TLS handshake or waiting for their hello, oldest first
+        self._pending: dict[_ChannelProtocol, None] = {}
+
+    @property
+    def pending(self) -> int:
+        """Connections in the TLS handshake or waiting for their hello."""
+        return len(self._pending)
 
     @property
     def stats(self) -> RouterStats:
@@ -105,22 +114,30 @@ class EdgeRouter:
                 log.warning("router.accept_failed", error=str(exc))
                 await asyncio.sleep(0.1)
                 continue
-            if self.pending >= MAX_PENDING:
-                self.stats.handshakes_refused += 1
-                sock.close()
-                continue
-            self.pending += 1
-            self._spawn(self._handshake(sock))
+            if len(self._pending) >= MAX_PENDING:
+                self.stats.pending_evicted += 1
+                next(iter(self._pending)).evict()
+            protocol = _ChannelProtocol(self)
+            self._pending[protocol] = None
+            protocol.handshake = loop.create_task(self._handshake(sock, protocol))
+            self._tasks.add(protocol.handshake)
+            protocol.handshake.add_done_callback(self._tasks.discard)
 
-    async def _handshake(self, sock: socket.socket) -> None:
+    def release(self, protocol: _ChannelProtocol) -> None:
+        """`protocol` no longer holds a pending slot."""
+        self._pending.pop(protocol, None)
+
+    async def _handshake(self, sock: socket.socket, protocol: _ChannelProtocol) -> None:
         loop = asyncio.get_running_loop()
-        protocol = _ChannelProtocol(self)
         try:
             await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._ssl,
                                                ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         except (OSError, TimeoutError, EOFError) as exc:
             self.stats.handshake_failures += 1
             log.debug("router.handshake_failed", error=str(exc) or type(exc).__name__)
+        except asyncio.CancelledError:   # evicted (or the router is closing)
+            sock.close()
+            raise
         finally:
             if not protocol.connected:
                 protocol.release_slot()
@@ -151,6 +168,7 @@ class _ChannelProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._channel: RouterChannel | None = None
         self._holds_slot = True
+        self.handshake: asyncio.Task[None] | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
         self._nudger = ReadNudger()
         self._nudge_timer: asyncio.TimerHandle | None = None
@@ -252,10 +270,20 @@ class _ChannelProtocol(asyncio.Protocol):
         """Stop counting this connection as pending (authenticated, refused or gone)."""
         if self._holds_slot:
             self._holds_slot = False
-            self._router.pending -= 1
+            self._router.release(self)
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
+
+    def evict(self) -> None:
+        """Close a pending connection to make room for a newer one."""
+        self.release_slot()
+        if self._transport is None:
+            if self.handshake is not None:
+                self.handshake.cancel()
+        else:
+            self._core.stats.hello_failures["evicted"] += 1
+            self.close(abort=True)
 
     def _hello_expired(self) -> None:
         self._hello_timer = None

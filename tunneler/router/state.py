@@ -56,7 +56,7 @@ class RouterStats:
     bytes_relayed: int = 0
     frames_relayed: int = 0
     handshake_failures: int = 0
-    handshakes_refused: int = 0
+    pending_evicted: int = 0     # pending connections closed to make room for newer ones
     protocol_violations: int = 0
     hello_failures: Counter[str] = field(default_factory=Counter)
     dial_failures: Counter[str] = field(default_factory=Counter)

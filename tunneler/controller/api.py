@@ -152,6 +152,9 @@ class ControllerApi:
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         request_id = uuid.uuid4().hex
         try:
+            if (request.content_length or 0) > MAX_BODY_BYTES:   # refused unread, any route
+                raise ApiError(413, "REQUEST_TOO_LARGE",
+                               f"request bodies are limited to {MAX_BODY_BYTES} bytes")
             response = await handler(request)
         except ApiError as exc:
             response = error_response(exc, request_id)

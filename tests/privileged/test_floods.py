@@ -1,5 +1,7 @@
-"""A SYN flood into the TUN (issue 9, item 6): 20,000 SYNs from distinct source ports to one
-service whose host never answers, while another service is used.
+"""Floods into `tunneler run` (issue 9, item 6): a SYN flood into the TUN, then a DNS flood.
+
+SYN flood: 20,000 SYNs from distinct source ports to one service whose host never answers,
+while another service is used.
 
 The flooded service's endpoint is a listener with a zero backlog that never accepts, so every
 dial the flood starts stays pending (run-host's connect hangs). The SYNs come from a raw
@@ -7,6 +9,11 @@ socket inside the namespace, as a misbehaving local program's would. The daemon 
 that service's pending dials at its cap (two thirds of `--max-pending-dials`, so the flood
 spares other services), refuse the rest with a counted reason, stay healthy, and serve the
 other service throughout.
+
+DNS flood: a sender blasting queries at our DNS server (100.64.0.2) as fast as it can (over
+50,000/s offered) for a few seconds, while real lookups of an intercepted name go on: each
+real lookup must be answered (a resolver retries a lost datagram, as glibc does), and the
+daemon counts what it dropped instead of buffering it.
 """
 
 from __future__ import annotations
@@ -22,6 +29,33 @@ SYNS = 20_000
 MAX_PENDING = 300
 SERVICE_CAP = -(-2 * MAX_PENDING // 3)
 URL = "http://llm.private.test:8000/v1/models"
+DNS_FLOOD_SECONDS = 4.0
+DNS_FLOOD = f"""
+import socket, time
+from dnslib import DNSRecord
+query = DNSRecord.question("llm.private.test").pack()
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.setblocking(False)
+sent, end = 0, time.monotonic() + {DNS_FLOOD_SECONDS}
+while time.monotonic() < end:
+    for _ in range(256):
+        try:
+            sock.sendto(query, ("100.64.0.2", 53)); sent += 1
+        except BlockingIOError:
+            pass
+print("sent", sent)
+"""
+LOOKUPS = """
+import socket, sys, time
+ok = failed = 0
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        socket.gethostbyname("llm.private.test"); ok += 1
+    except OSError:
+        failed += 1
+print("lookups", ok, failed)
+"""
 BLACKHOLE = """
 import socket, time
 s = socket.socket(); s.bind(("127.0.0.1", 9100)); s.listen(0)
@@ -53,7 +87,7 @@ def _status(deploy: Deployment, ns: object, sock: Path) -> dict[str, object]:
     return parsed
 
 
-def test_a_syn_flood_is_held_at_the_service_cap_and_the_other_service_works(
+def test_syn_and_dns_floods_are_held_at_their_caps_and_real_traffic_goes_on(
         netns_pool: NetnsPool, tmp_path: Path) -> None:
     ns = netns_pool.new(resolv_conf="nameserver 127.0.0.1\n")
     deploy = Deployment(tmp_path)
@@ -89,6 +123,19 @@ def test_a_syn_flood_is_held_at_the_service_cap_and_the_other_service_works(
         # the kernel's TUN queue may drop some of a burst; what the daemon read was counted
         assert refused >= SYNS // 10
         assert status["healthy"] is True, status.get("problems")
+
+        lookups = deploy.start(ns, "lookups", [sys.executable, "-c", LOOKUPS,
+                                               str(DNS_FLOOD_SECONDS + 1)])
+        flood = ns.run([sys.executable, "-c", DNS_FLOOD], timeout=60).stdout
+        lookups.wait(timeout=60)
+        ok, failed = map(int, deploy.log("lookups").split()[1:3])
+        offered = int(flood.split()[1]) / DNS_FLOOD_SECONDS
+        after = _status(deploy, ns, tmp_path / "run" / "tunneler.sock")
+        dns = after["counters"]["dns"]  # type: ignore[index]
+        print(f"DNS flood: {offered:,.0f} queries/s offered for {DNS_FLOOD_SECONDS:g} s; real "
+              f"lookups {ok} answered, {failed} failed; daemon DNS counters {dns}")
+        assert ok > 0 and failed == 0
+        assert '"list"' in ns.run(["curl", "-sS", "--max-time", "10", URL]).stdout
         assert "Traceback" not in deploy.log("client")
     finally:
         deploy.close()

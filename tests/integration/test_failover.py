@@ -33,6 +33,7 @@ from tests.support.overlay import (
 FLOW_RESET_LIMIT = 1.0
 NEW_FLOW_LIMIT = 2.0
 REBIND_LIMIT = 10.0
+OUTAGE_SECONDS = 30.0
 
 
 def _first_working_flow(port: int, limit: float) -> float:
@@ -49,7 +50,8 @@ def _first_working_flow(port: int, limit: float) -> float:
 
 @pytest.fixture(name="net")
 def _net(tmp_path: Path) -> Iterator[tuple[Overlay, dict[str, int]]]:
-    with echo_server() as echo, split_network(tmp_path, [host_service("echo", echo)]) as net:
+    with echo_server() as echo, split_network(
+            tmp_path, [host_service("echo", echo), host_service("echo2", echo)]) as net:
         yield net
 
 
@@ -69,14 +71,14 @@ def test_a_killed_router_fails_over_and_is_bound_again_when_it_returns(
     overlay, ports = net
     proxy_port = free_port()
     overlay.start("host", "run-host", "--identity", "host1.json")
-    overlay.wait_for_log("host", "host.service_bound", count=1)   # router1; edge2 is down
+    overlay.wait_for_log("host", "host.service_bound", count=2)   # router1; edge2 is down
     overlay.start("proxy", "proxy", "--identity", "client1.json", f"echo={proxy_port}")
     wait_for_port(proxy_port)
     carried = roundtrip(proxy_port, b"on router1")   # only router1 has a terminator
     net_dir = str(overlay.programs.dir / "net")
     overlay.start("edge2", "network", "serve-router", net_dir, "edge2", "--listen", "127.0.0.1")
     wait_for_port(ports["edge2"])
-    overlay.wait_for_log("host", "host.service_bound", count=2, timeout=REBIND_LIMIT + 5)
+    overlay.wait_for_log("host", "host.service_bound", count=4, timeout=REBIND_LIMIT + 5)
     assert f"localhost:{ports['edge2']}" in overlay.log("host").split("host.service_bound")[-2]
     # a new flow makes the proxy open its standby link to edge2
     roundtrip(proxy_port).close()
@@ -96,9 +98,37 @@ def test_a_killed_router_fails_over_and_is_bound_again_when_it_returns(
 
     overlay.start("router1", *overlay.commands["router1"])
     returned = time.monotonic()
-    overlay.wait_for_log("host", "host.service_bound", count=3, timeout=REBIND_LIMIT * 3)
+    overlay.wait_for_log("host", "host.service_bound", count=6, timeout=REBIND_LIMIT * 3)
     rebind = time.monotonic() - returned
     print(f"failover: flow reset {reset:.3f} s, new flow {new_flow:.3f} s, "
           f"re-bind {rebind:.3f} s")
     assert reset <= FLOW_RESET_LIMIT and new_flow <= NEW_FLOW_LIMIT and rebind <= REBIND_LIMIT
     roundtrip(proxy_port).close()
+
+
+def test_flows_old_and_new_keep_working_while_the_controller_is_down(
+        net: tuple[Overlay, dict[str, int]]) -> None:
+    """Routers up, controller SIGKILLed: the open flow lives on, and new flows start, also to
+    a service never dialled before (its Dial session was fetched ahead); the clients refresh
+    every second meanwhile, so they meet the dead controller dozens of times."""
+    overlay, _ports = net
+    ports = {"echo": free_port(), "echo2": free_port()}
+    overlay.start("host", "run-host", "--identity", "host1.json", "--refresh-interval", "1")
+    overlay.wait_for_log("host", "host.service_bound", count=2)
+    overlay.start("proxy", "proxy", "--identity", "client1.json", "--refresh-interval", "1",
+                  *(f"{name}={port}" for name, port in ports.items()))
+    overlay.wait_for_log("proxy", "proxy.listening", count=2)   # no connection to echo2 yet
+    long_lived = roundtrip(ports["echo"], b"before")
+    overlay.stop("controller", signal.SIGKILL)
+    down = time.monotonic()
+    new_flows = 0
+    while time.monotonic() - down < OUTAGE_SECONDS:
+        long_lived.sendall(b"still")
+        assert long_lived.recv(64) == b"still"
+        roundtrip(ports["echo" if new_flows % 2 else "echo2"]).close()
+        new_flows += 1
+        time.sleep(0.5)
+    long_lived.close()
+    print(f"controller outage: {OUTAGE_SECONDS:g} s, {new_flows} new flows (half to a service "
+          "first dialled during the outage), the open flow lived on")
+    assert "context.session_prefetch_failed" not in overlay.log("proxy")

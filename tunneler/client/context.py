@@ -46,6 +46,8 @@ RENEWAL_CHECK_INTERVAL = 600.0
 MAX_DIAL_ATTEMPTS = 3
 #: routers a dialer keeps a connected link to when its sessions list that many
 STANDBY_LINKS = 2
+#: Dial sessions fetched ahead of the first flow (the rest are made at their first dial)
+PREFETCH_SESSIONS = 256
 ServiceListener = Callable[[ServiceChanges], None]
 
 
@@ -211,7 +213,22 @@ class ZitiContext:
                      changed=len(changes.changed), removed=len(changes.removed))
             for listener in list(self._listeners):
                 listener(changes)
+            if changes.added or changes.changed:
+                self.spawn(self._prefetch_dial_sessions())
         return changes
+
+    async def _prefetch_dial_sessions(self) -> None:
+        """A Dial session for every service we may dial (up to PREFETCH_SESSIONS), so a new
+        flow to a known service needs no controller: it keeps working through an outage."""
+        wanted = [s for s in self.services.values()
+                  if "Dial" in s.permissions and s.id not in self._dial_sessions]
+        for service in wanted[:PREFETCH_SESSIONS]:
+            try:
+                session = await self.ctrl.create_session(service.id, "Dial")
+            except (ControllerError, OSError, TimeoutError) as exc:
+                log.info("context.session_prefetch_failed", service=service.name, error=str(exc))
+                return
+            self._dial_sessions.setdefault(service.id, session)
 
     async def _run_refresh(self) -> None:
         while True:

@@ -37,8 +37,9 @@ lint: deps
 	$(BIN)/ruff check tunneler tests bench
 	$(BIN)/mypy
 
+# tests/privileged and tests/unit + tests/integration as two concurrent pytest runs
 test: sysdeps lint
-	$(BIN)/python -m pytest
+	bash scripts/test.sh
 
 # the whole suite 3 times in a row while two CPU-bound processes keep both cores busy
 test-under-load: sysdeps deps

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole suite RUNS times in a row (default 3) while two CPU-bound processes keep both
-# cores busy: the proof that no test depends on timing luck (issue 9). Extra arguments go to
-# pytest. The two burners are this script's own children, stopped by PID on any exit.
+# The whole suite RUNS times in a row (default 3), as `make test` runs it (scripts/test.sh),
+# while two CPU-bound processes keep both cores busy: the proof that no test depends on
+# timing luck (issue 9). Extra arguments go to pytest. The two burners are this script's own
+# children, stopped by PID on any exit; the first failing run stops the loop.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-3}
@@ -15,5 +16,5 @@ for _ in 1 2; do
 done
 for run in $(seq "$runs"); do
     echo "== run $run of $runs (load: yes x2, PIDs ${burners[*]})"
-    .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+    bash scripts/test.sh -p no:cacheprovider "$@"
 done

@@ -153,7 +153,8 @@ def test_add_router_issues_a_certificate_and_refuses_clashes_with_clear_errors(
     config = json.loads((net / "network.json").read_text())
     for argv, message in [
         (["edge9", "--port", str(free_port())], "router 'edge9' already exists"),
-        (["edge10", "--port", str(port)], f"localhost:{port} is already used by edge9"),
+        (["edge10", "--port", str(port), "--hostname", "elsewhere.test"],
+         f"port {port} is already used by router edge9"),
         (["edge11", "--port", str(config["controller_port"])], "used by the controller"),
         (["../evil", "--port", str(free_port())], "use 1..63 letters, digits"),
         (["edge12", "--port", "70000"], "must be a port number 1..65535"),

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
+import pwd
 import socket
 import stat
 import subprocess
@@ -210,3 +212,14 @@ def test_peer_credentials_are_checked(socket_dir: Path) -> None:
     assert "permission denied" in outsider["error"]
     assert primary["success"] is True
     assert supplementary["success"] is True
+
+
+def test_a_peer_in_more_groups_than_the_kernel_reply_holds_is_looked_up_by_name() -> None:
+    # CPython's getsockopt takes 1024 bytes (256 groups); more gives ERANGE
+    class Crowded:
+        def getsockopt(self, *_args: object) -> bytes:
+            raise OSError(errno.ERANGE, "Numerical result out of range")
+
+    uid, gid = os.getuid(), os.getgid()
+    expected = set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    assert control.peer_groups(Crowded(), uid, gid) == expected  # type: ignore[arg-type]

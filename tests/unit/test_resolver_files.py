@@ -99,10 +99,10 @@ def test_resolvectl_argv_lists() -> None:
         ["resolvectl", "dns", "tunneler0", "100.64.0.2"],
         ["resolvectl", "domain", "tunneler0", "~llm.private.test"],
         ["resolvectl", "default-route", "tunneler0", "no"],
-        ["resolvectl", "llmnr", "tunneler0", "no"],
-        ["resolvectl", "mdns", "tunneler0", "no"],
     ]
-    assert resolvectl_commands("t0", "100.64.0.2", [], route_all=True)[1:3] == [
+    assert system.quiet_link_commands("tunneler0") == [
+        ["resolvectl", "llmnr", "tunneler0", "no"], ["resolvectl", "mdns", "tunneler0", "no"]]
+    assert resolvectl_commands("t0", "100.64.0.2", [], route_all=True)[1:] == [
         ["resolvectl", "domain", "t0", "~."], ["resolvectl", "default-route", "t0", "yes"]]
 
 

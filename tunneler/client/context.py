@@ -95,6 +95,7 @@ class ZitiContext:
         self.controller_contact = ControllerContact()
         self.renewal = Renewal(self.identity.path) if self.identity.path is not None else None
         self._bindings: list[Binding] = []
+        self._prefetching: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -213,21 +214,29 @@ class ZitiContext:
                      changed=len(changes.changed), removed=len(changes.removed))
             for listener in list(self._listeners):
                 listener(changes)
-            if changes.added or changes.changed:
-                self.spawn(self._prefetch_dial_sessions())
+        self._start_prefetch()
         return changes
+
+    def _start_prefetch(self) -> None:
+        """After each answered refresh: fetch the Dial sessions still missing (one task)."""
+        missing = any("Dial" in s.permissions and s.id not in self._dial_sessions
+                      for s in self.services.values())
+        if missing and (self._prefetching is None or self._prefetching.done()):
+            self._prefetching = self.spawn(self._prefetch_dial_sessions())
 
     async def _prefetch_dial_sessions(self) -> None:
         """A Dial session for every service we may dial (up to PREFETCH_SESSIONS), so a new
-        flow to a known service needs no controller: it keeps working through an outage."""
-        wanted = [s for s in self.services.values()
-                  if "Dial" in s.permissions and s.id not in self._dial_sessions]
-        for service in wanted[:PREFETCH_SESSIONS]:
+        flow to a known service needs no controller: it keeps working through an outage.
+        A service that fails is tried again after the next answered refresh."""
+        dialable = [s for s in self.services.values() if "Dial" in s.permissions]
+        for service in dialable[:PREFETCH_SESSIONS]:
+            if service.id in self._dial_sessions:   # a dial made it meanwhile
+                continue
             try:
                 session = await self.ctrl.create_session(service.id, "Dial")
             except (ControllerError, OSError, TimeoutError) as exc:
                 log.info("context.session_prefetch_failed", service=service.name, error=str(exc))
-                return
+                continue
             self._dial_sessions.setdefault(service.id, session)
 
     async def _run_refresh(self) -> None:
@@ -326,7 +335,7 @@ class ZitiContext:
         for link in retired:
             link.retire()
         for binding in list(self._bindings):
-            self.spawn(binding.move())
+            binding.move()
 
     async def _run_renewal(self) -> None:
         assert self.renewal is not None
@@ -506,7 +515,7 @@ class ZitiContext:
                                     f"{MAX_DIAL_ATTEMPTS} times") from None
             except DialError as exc:
                 failed.add(link.url)
-                others = {r.url for r in session.edge_routers} - failed
+                others = {r.url for r in (session.edge_routers or self._routers)} - failed
                 if not others:
                     raise
                 log.info("context.dial_retried", service=service_name, router=link.url,
@@ -524,7 +533,12 @@ class ZitiContext:
 
 @dataclass
 class Binding:
-    """A service kept bound on every edge router its Bind session lists, one task each."""
+    """A service kept bound on every edge router its Bind session lists, one task each.
+
+    Per router at most one listener is live: binding and swapping happen under that router's
+    lock, a listener enters `listeners` only once its Bind succeeded, and `move()` replaces
+    only the listener it found (a loop that rebound meanwhile wins; the extra one is unbound).
+    """
 
     context: ZitiContext
     service: ServiceInfo
@@ -532,7 +546,11 @@ class Binding:
     options: BindOptions
     task: asyncio.Task[None] | None = None
     listeners: dict[str, EdgeListener] = field(default_factory=dict)   # router URL -> listener
+    routers: dict[str, EdgeRouterRef] = field(default_factory=dict)    # URL -> router bound on
     _session: SessionRef | None = None
+    _session_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _moving: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         """Learn the routers from a Bind session (retrying), then keep each one bound."""
@@ -547,12 +565,17 @@ class Binding:
                 log.warning("host.bind_failed", service=self.service.name, error=str(exc),
                             retry_in=round(delay, 2))
                 await asyncio.sleep(delay)
-        await asyncio.gather(*(self._keep_bound(router) for router in routers))
+        self.routers = {router.url: router for router in routers}
+        async with asyncio.TaskGroup() as group:   # one loop ending badly cancels the others
+            for router in self.routers.values():
+                group.create_task(self._keep_bound(router))
 
     async def _bind_session(self) -> SessionRef:
-        if self._session is None:
-            self._session = await self.context.ctrl.create_session(self.service.id, "Bind")
-        return self._session
+        async with self._session_lock:   # the per-router loops share one session
+            if self._session is None:
+                self._session = await self.context.ctrl.create_session(self.service.id,
+                                                                       "Bind")
+            return self._session
 
     async def _keep_bound(self, router: EdgeRouterRef) -> None:
         """Bind on `router`, wait for loss, back off, bind again."""
@@ -577,52 +600,62 @@ class Binding:
 
     async def _wait_unbound(self, url: str) -> None:
         """Until the router's current listener is gone (one `move()` replaced does not count)."""
-        while True:
-            listener = self.listeners[url]
+        while (listener := self.listeners.get(url)) is not None and not listener.closed:
             await listener.wait_closed()
-            current = self.listeners.get(url)
-            if current is listener or current is None or current.closed:
-                return
 
-    async def move(self) -> None:
-        """Bind on links of the current certificate, then unbind the old listeners: no
-        moment without a terminator (a failure leaves the old one; `run()` carries on)."""
-        routers = {r.url: r for r in self._session.edge_routers} if self._session else {}
-        for url, old in list(self.listeners.items()):
-            if url not in routers:
-                continue
+    def move(self) -> None:
+        """Rebind on links of the current certificate, in the background (one at a time)."""
+        if self._moving is None or self._moving.done():
+            self._moving = self.context.spawn(self._move())
+
+    async def _move(self) -> None:
+        """Bind anew on each router, then unbind the listener found there: no moment without
+        a terminator (a failure leaves the old one; the loops carry on)."""
+        for url, router in self.routers.items():
+            old = self.listeners.get(url)
+            if old is None or old.closed:
+                continue   # that router's loop is rebinding anyway
             try:
-                await self._bind_once(routers[url])
+                await self._bind_once(router, replacing=old)
             except (DialError, ControllerError, OSError, TimeoutError) as exc:
                 log.warning("host.bind_move_failed", service=self.service.name, router=url,
                             error=str(exc))
-                self.listeners[url] = old
                 continue
-            old.unbind()
             log.info("host.service_rebound", service=self.service.name, router=url)
 
-    async def _bind_once(self, router: EdgeRouterRef) -> None:
+    async def _bind_once(self, router: EdgeRouterRef,
+                         replacing: EdgeListener | None = None) -> None:
+        """Bind on `router`. Without `replacing`, only when no live listener is there; with
+        it, only while it is still the one there (then it is unbound after the new Bind)."""
         ctx = self.context
-        session = await self._bind_session()
-        link = await ctx.link_for([router])
-        listener = EdgeListener(link, ctx.next_conn_id(), session.token, ctx.name,
-                                self.on_dial, ctx.next_conn_id,
-                                encrypted=self.service.encryption_required,
-                                options=self.options)
-        self.listeners[router.url] = listener
-        try:
-            await listener.bind()
-        except DialError:
-            self._session = None   # the next attempt asks the controller for a new session
-            raise
+        async with self._locks.setdefault(router.url, asyncio.Lock()):
+            current = self.listeners.get(router.url)
+            live = current is not None and not current.closed
+            if (replacing is None and live) or (replacing is not None and current is not replacing):
+                return
+            session = await self._bind_session()
+            link = await ctx.link_for([router])
+            listener = EdgeListener(link, ctx.next_conn_id(), session.token, ctx.name,
+                                    self.on_dial, ctx.next_conn_id,
+                                    encrypted=self.service.encryption_required,
+                                    options=self.options)
+            try:
+                await listener.bind()
+            except InvalidSessionError:
+                self._session = None   # the next attempt asks the controller for a new one
+                raise
+            self.listeners[router.url] = listener
+            if replacing is not None:
+                replacing.unbind()
 
     async def stop(self) -> None:
         """Unbind everywhere and stop re-binding."""
         with contextlib.suppress(ValueError):
             self.context._bindings.remove(self)
-        if self.task is not None:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+        for task in (self.task, self._moving):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for listener in self.listeners.values():
             listener.unbind()
 

@@ -166,6 +166,8 @@ class ControllerApi:
             log.exception("controller.request_crashed", path=request.path)
             response = error_response(ApiError(500, "UNHANDLED", "internal error"), request_id)
         response.headers[INSTANCE_HEADER] = self._settings.instance_id
+        if response.status == 413:
+            response.force_close()   # never linger reading the rest of an oversized body
         return response
 
     def _authenticated(self, request: web.Request) -> ApiSession:

@@ -154,11 +154,12 @@ def cmd_add_router(args: argparse.Namespace) -> int:
         routers = store.routers()
         if any(router.name == name for router in routers):
             raise ConfigError(f"router {name!r} already exists in {args.dir}")
-        taken = {(r.hostname, r.port): r.name for r in routers}
-        taken[(directory.config.hostname, directory.config.controller_port)] = "the controller"
-        if (hostname, args.port) in taken:
-            raise ConfigError(f"{hostname}:{args.port} is already used by "
-                              f"{taken[(hostname, args.port)]}; choose another --port")
+        # `serve` binds every router and the controller on one --listen address: ports only
+        taken = {r.port: f"router {r.name}" for r in routers}
+        taken[directory.config.controller_port] = "the controller"
+        if args.port in taken:
+            raise ConfigError(f"port {args.port} is already used by {taken[args.port]}; "
+                              "choose another --port")
         pki.add_server_cert(directory.pki, directory.router_cert(name), hostname)
         router = store.add_router(name, hostname, args.port)
     finally:

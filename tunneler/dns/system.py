@@ -131,10 +131,13 @@ def resolvectl_commands(link: str, dns_ip: str, domains: Iterable[str],
         ["resolvectl", "dns", link, dns_ip],
         ["resolvectl", "domain", link, *routed],
         ["resolvectl", "default-route", link, "yes" if route_all else "no"],
-        # no multicast name lookups (LLMNR, mDNS) leak onto the TUN: only unicast DNS to us
-        ["resolvectl", "llmnr", link, "no"],
-        ["resolvectl", "mdns", link, "no"],
     ]
+
+
+def quiet_link_commands(link: str) -> list[list[str]]:
+    """No multicast name lookups (LLMNR, mDNS) on the TUN: only unicast DNS to us. Best
+    effort: a polkit rule from before they were allowed must not stop the daemon."""
+    return [["resolvectl", "llmnr", link, "no"], ["resolvectl", "mdns", link, "no"]]
 
 
 # ---- I/O ------------------------------------------------------------------------------------
@@ -210,7 +213,17 @@ def apply_resolved(link: str, dns_ip: str, domains: Iterable[str], route_all: bo
         result = _resolvectl(argv)
         if result.returncode != 0:
             raise DnsSetupError(f"{' '.join(argv)} failed: {result.stderr.strip()}"
-                                + (POLKIT_HINT if "denied" in result.stderr else ""))
+                                + (POLKIT_HINT if _refused(result.stderr) else ""))
+    for argv in quiet_link_commands(link):
+        result = _resolvectl(argv)
+        if result.returncode != 0:
+            log.warning("dns.resolved_link_option_refused", command=" ".join(argv[1:3]),
+                        error=result.stderr.strip(), hint=POLKIT_HINT.removeprefix("; "))
+
+
+def _refused(stderr: str) -> bool:
+    """resolvectl's words for polkit saying no (no rule; a rule without that action)."""
+    return any(words in stderr.lower() for words in ("denied", "authentication required"))
 
 
 def revert_resolved_link(link: str) -> bool:

@@ -19,6 +19,7 @@ import errno
 import grp
 import json
 import os
+import pwd
 import socket
 import stat
 import struct
@@ -42,9 +43,9 @@ REFUSE_TIMEOUT = 2.0
 REFRESH_TIMEOUT = 30.0
 _PEERCRED = struct.Struct("3i")
 _GID = struct.Struct("I")
-#: <linux/socket.h> (Python does not export it); NGROUPS_MAX is 65536
+#: <linux/socket.h> (Python does not export it)
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
-MAX_GROUPS = 65536
+MAX_PEERGROUPS_BYTES = 1024   # CPython's getsockopt buffer limit
 
 Handler = Callable[[DaemonView, dict[str, Any]], Awaitable[Any]]
 
@@ -113,23 +114,24 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def peer_groups(sock: socket.socket) -> set[int]:
+def peer_groups(sock: socket.socket, uid: int, gid: int) -> set[int]:
     """The peer's supplementary groups, from the kernel (SO_PEERGROUPS, Linux 4.13).
 
     Not from /proc/PID/status: the unit's ProtectProc=invisible hides other users'
     processes, so a member of the socket's group would be refused (and a PID can be reused).
+    CPython's getsockopt takes at most 1024 bytes (256 groups); a peer in more groups than
+    that is looked up in the group database instead.
     """
-    size = 256 * _GID.size
-    while size <= MAX_GROUPS * _GID.size:
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, MAX_PEERGROUPS_BYTES)
+    except OSError as exc:
+        if exc.errno != errno.ERANGE:
+            return set()
         try:
-            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
-        except OSError as exc:
-            if exc.errno != errno.ERANGE:
-                return set()
-            size *= 16
-            continue
-        return {gid for (gid,) in _GID.iter_unpack(raw[:len(raw) - len(raw) % _GID.size])}
-    return set()
+            return set(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+        except KeyError:
+            return set()
+    return {group for (group,) in _GID.iter_unpack(raw[:len(raw) - len(raw) % _GID.size])}
 
 
 def is_allowed(uid: int, gid: int, socket_gid: int, groups: Callable[[], set[int]]) -> bool:
@@ -199,7 +201,7 @@ class ControlServer:
         sock: socket.socket = writer.get_extra_info("socket")
         try:
             pid, uid, gid = peer_credentials(sock)
-            if not is_allowed(uid, gid, self._gid, lambda: peer_groups(sock)):
+            if not is_allowed(uid, gid, self._gid, lambda: peer_groups(sock, uid, gid)):
                 log.warning("control.peer_refused", pid=pid, uid=uid, gid=gid)
                 await _refuse(reader, writer, "permission denied: not root and not in the "
                                               "tunneler socket's group")

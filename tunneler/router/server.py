@@ -118,10 +118,12 @@ class EdgeRouter:
                 self.stats.pending_evicted += 1
                 next(iter(self._pending)).evict()
             protocol = _ChannelProtocol(self)
+            protocol.sock = sock
             self._pending[protocol] = None
             protocol.handshake = loop.create_task(self._handshake(sock, protocol))
             self._tasks.add(protocol.handshake)
             protocol.handshake.add_done_callback(self._tasks.discard)
+            await asyncio.sleep(0)   # let the handshake start before the next accept
 
     def release(self, protocol: _ChannelProtocol) -> None:
         """`protocol` no longer holds a pending slot."""
@@ -129,15 +131,13 @@ class EdgeRouter:
 
     async def _handshake(self, sock: socket.socket, protocol: _ChannelProtocol) -> None:
         loop = asyncio.get_running_loop()
+        protocol.sock = None   # from here on the transport owns (and closes) the socket
         try:
             await loop.connect_accepted_socket(lambda: protocol, sock, ssl=self._ssl,
                                                ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
         except (OSError, TimeoutError, EOFError) as exc:
             self.stats.handshake_failures += 1
             log.debug("router.handshake_failed", error=str(exc) or type(exc).__name__)
-        except asyncio.CancelledError:   # evicted (or the router is closing)
-            sock.close()
-            raise
         finally:
             if not protocol.connected:
                 protocol.release_slot()
@@ -169,6 +169,7 @@ class _ChannelProtocol(asyncio.Protocol):
         self._channel: RouterChannel | None = None
         self._holds_slot = True
         self.handshake: asyncio.Task[None] | None = None
+        self.sock: socket.socket | None = None   # accepted, its handshake not yet started
         self._hello_timer: asyncio.TimerHandle | None = None
         self._nudger = ReadNudger()
         self._nudge_timer: asyncio.TimerHandle | None = None
@@ -281,6 +282,9 @@ class _ChannelProtocol(asyncio.Protocol):
         if self._transport is None:
             if self.handshake is not None:
                 self.handshake.cancel()
+            if self.sock is not None:   # the handshake never started: nobody else closes it
+                self.sock.close()
+                self.sock = None
         else:
             self._core.stats.hello_failures["evicted"] += 1
             self.close(abort=True)

@@ -172,8 +172,12 @@ class Daemon:
         assert self.journal is not None
         hosts = [ctx.identity.controller_address[0] for ctx in self.contexts]
         for ctx in self.contexts:
-            with contextlib.suppress(ControllerError):
-                hosts.extend(router.address[0] for router in await ctx.ctrl.edge_routers())
+            for router in ctx.routers:
+                try:
+                    hosts.append(router.address[0])
+                except ControllerError as exc:
+                    log.warning("daemon.router_address_invalid", router=router.url,
+                                error=str(exc))
         self.excluded = await _resolve_hosts(hosts)
         self.journal.record(Step.delete_link(self.config.tun_name))
         self.tun = LinuxTun(self.config.tun_name)

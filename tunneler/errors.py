@@ -4,6 +4,7 @@
     ├── ConfigError            bad configuration or input file; message says what and how to fix
     ├── IdentityError          identity file missing, unreadable, wrong mode, bad PEM
     ├── EnrollmentError        enrollment token invalid, expired, used; controller refused
+    ├── CacheError             a persisted service cache is unreadable or too readable
     ├── ControllerError        Edge Client API error (carries the API error code)
     │   └── NotAuthorized      the API session is invalid or expired (re-authenticate)
     ├── ProtocolError          a peer broke the channel/edge protocol
@@ -29,6 +30,10 @@ class IdentityError(TunnelerError):
 
 class EnrollmentError(TunnelerError):
     """Enrollment failed."""
+
+
+class CacheError(TunnelerError):
+    """A persisted service cache could not be used (the daemon then waits for its controller)."""
 
 
 class ControllerError(TunnelerError):

@@ -20,6 +20,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.outage import (
+    controller_back,
+    host_identity_status,
+    keep_flowing,
+    kill_controller,
+    restart_from_cache,
+    start_clients,
+    wait_for_caches,
+)
 from tests.support.overlay import (
     Overlay,
     echo_server,
@@ -110,25 +119,37 @@ def test_flows_old_and_new_keep_working_while_the_controller_is_down(
         net: tuple[Overlay, dict[str, int]]) -> None:
     """Routers up, controller SIGKILLed: the open flow lives on, and new flows start, also to
     a service never dialled before (its Dial session was fetched ahead); the clients refresh
-    every second meanwhile, so they meet the dead controller dozens of times."""
+    every second meanwhile, so they meet the dead controller dozens of times.
+    bench/outage.py runs this for 10 minutes."""
     overlay, _ports = net
-    ports = {"echo": free_port(), "echo2": free_port()}
-    overlay.start("host", "run-host", "--identity", "host1.json", "--refresh-interval", "1")
-    overlay.wait_for_log("host", "host.service_bound", count=2)
-    overlay.start("proxy", "proxy", "--identity", "client1.json", "--refresh-interval", "1",
-                  *(f"{name}={port}" for name, port in ports.items()))
-    overlay.wait_for_log("proxy", "proxy.listening", count=2)   # no connection to echo2 yet
-    long_lived = roundtrip(ports["echo"], b"before")
-    overlay.stop("controller", signal.SIGKILL)
-    down = time.monotonic()
-    new_flows = 0
-    while time.monotonic() - down < OUTAGE_SECONDS:
-        long_lived.sendall(b"still")
-        assert long_lived.recv(64) == b"still"
-        roundtrip(ports["echo" if new_flows % 2 else "echo2"]).close()
-        new_flows += 1
-        time.sleep(0.5)
+    clients = start_clients(overlay)   # no connection to echo2 yet
+    long_lived = roundtrip(clients.ports["echo"], b"before")
+    kill_controller(overlay)
+    counts = keep_flowing(clients, long_lived, OUTAGE_SECONDS)
     long_lived.close()
-    print(f"controller outage: {OUTAGE_SECONDS:g} s, {new_flows} new flows (half to a service "
-          "first dialled during the outage), the open flow lived on")
+    print(f"controller outage: {OUTAGE_SECONDS:g} s, {counts}")
+    assert counts.new_failed == 0 and not counts.long_lived_lost and counts.new_ok > 10
     assert "context.session_prefetch_failed" not in overlay.log("proxy")
+
+
+def test_daemons_restarted_while_the_controller_is_down_serve_their_cached_services(
+        net: tuple[Overlay, dict[str, int]]) -> None:
+    """run-host and the proxy save their services, routers and sessions (0600); both are
+    restarted while the controller is dead: run-host binds again from its cache and says so
+    in `status`, the proxy dials both services (one never dialled before) from its cache;
+    when the controller returns they take up the same API sessions."""
+    overlay, _ports = net
+    clients = start_clients(overlay)
+    roundtrip(clients.ports["echo"]).close()
+    wait_for_caches(overlay)
+    kill_controller(overlay)
+    restart_from_cache(overlay, already_bound=2)
+    for port in (clients.ports["echo2"], clients.ports["echo"]):
+        roundtrip(port).close()
+    ident = host_identity_status(overlay, clients)
+    assert not ident["controller_reachable"] and ident["services"] == 2
+    assert ident["services_cached_at"] is not None
+    controller_back(overlay)
+    ident = host_identity_status(overlay, clients)
+    assert ident["controller_reachable"] and ident["services_cached_at"] is None
+    roundtrip(clients.ports["echo2"]).close()

@@ -195,3 +195,12 @@ def test_unreachable_controller_shows_its_error() -> None:
                            "2030-01-01T00:00:00+00:00")
     text = render_status(dataclasses.replace(status, identities=(ident,)))
     assert "laptop: loaded, controller UNREACHABLE (controller: CONTROLLER_UNAVAILABLE)" in text
+
+
+def test_services_served_from_the_cache_say_so() -> None:
+    status = busy_view().status()
+    ident = IdentityStatus("laptop", True, False, None, 2, "controller: CONTROLLER_UNAVAILABLE",
+                           services_cached_at="2030-01-01T00:00:00+00:00")
+    text = render_status(dataclasses.replace(status, identities=(ident,)))
+    assert "2 services (from the cache saved 2030-01-01T00:00:00+00:00)" in text
+    assert "from the cache" not in render_status(status)

@@ -9,6 +9,11 @@ router and controller restarts, with backoff and jitter per router and per bindi
 Read-only views for the ops layer: `links()` (every known router and its channel) and
 `controller_contact` (the time and outcome of the last service or API-session refresh, so a
 controller that went away shows within one refresh interval).
+
+After each answered refresh the API session, routers, services and sessions are saved in the
+identity's cache (`tunneler.client.cache`, 0600). A start that finds the controller
+unreachable serves from that cache (`cached_at` says since when it was saved) and keeps
+trying the controller in the background, taking up the same API session when it still holds.
 """
 
 from __future__ import annotations
@@ -25,14 +30,21 @@ from pathlib import Path
 from typing import Any
 
 from tunneler.client.backoff import Backoff
+from tunneler.client.cache import CachedState, ServiceCache, cache_path
 from tunneler.client.conn import DIAL_TIMEOUT, EdgeConnection, EdgeSink, InvalidSessionError, dial
-from tunneler.client.ctrl import ControllerClient, EdgeRouterRef, ServiceInfo, SessionRef
+from tunneler.client.ctrl import (
+    UNAVAILABLE,
+    ControllerClient,
+    EdgeRouterRef,
+    ServiceInfo,
+    SessionRef,
+)
 from tunneler.client.link import HelloRejected, RouterLink
 from tunneler.client.listener import BindOptions, DialHandler, EdgeListener
 from tunneler.client.renewal import RETRY_CAP, Renewal, expiring, renewal_due
 from tunneler.client.services import ServiceChanges, diff_services
 from tunneler.edge.appdata import encode_app_data
-from tunneler.errors import ControllerError, DialError, IdentityError, NotAuthorized
+from tunneler.errors import CacheError, ControllerError, DialError, IdentityError, NotAuthorized
 from tunneler.identity import Identity, load_identity
 from tunneler.log import get_logger
 
@@ -89,6 +101,7 @@ class ZitiContext:
         self._router_retry_at: dict[str, float] = {}
         self._routers: list[EdgeRouterRef] = []
         self._dial_sessions: dict[str, SessionRef] = {}
+        self.bind_sessions: dict[str, SessionRef] = {}   # service id -> Bind session
         self._listeners: list[ServiceListener] = []
         self._last_change: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -96,6 +109,11 @@ class ZitiContext:
         self.renewal = Renewal(self.identity.path) if self.identity.path is not None else None
         self._bindings: list[Binding] = []
         self._prefetching: asyncio.Task[None] | None = None
+        path = self.identity.path
+        self._cache = ServiceCache(cache_path(path)) if path is not None else None
+        self._cache_lock = asyncio.Lock()
+        #: when serving from the cache: the time (epoch seconds) it was saved; else None
+        self.cached_at: float | None = None
 
     @property
     def name(self) -> str:
@@ -118,6 +136,8 @@ class ZitiContext:
         await self._resume_renewal()
         if self.ctrl.api_session is None:
             await self.ctrl.authenticate()
+        else:
+            await self.ctrl.resume()
         await self.ctrl.learn_controllers()
         self._routers = await self.ctrl.edge_routers()
         await self.refresh_services()
@@ -141,10 +161,59 @@ class ZitiContext:
                 delay = backoff.failed()
                 log.warning("context.start_failed", identity=self.identity.name_hint,
                             error=str(exc), retry_in=round(delay, 2))
+                if exc.code == UNAVAILABLE and self._serve_cached(exc):
+                    self.spawn(self._start_later(backoff))
+                    return True
             with contextlib.suppress(TimeoutError):  # the retry delay passed
                 async with asyncio.timeout(delay):
                     await stop.wait()
         return False
+
+    def _serve_cached(self, error: ControllerError) -> bool:
+        """Take up the services an earlier run saved (the controller is unreachable:
+        `error`); False when there is no usable cache."""
+        try:
+            state = self._cache.load() if self._cache is not None else None
+        except CacheError as exc:
+            log.warning("context.cache_unusable", identity=self.identity.name_hint,
+                        error=str(exc))
+            return False
+        if state is None:
+            return False
+        self.ctrl.restore(state.auth_method, state.api_session, state.tokens)
+        self._routers = list(state.routers)
+        self.services = dict(state.services)
+        for (service_id, kind), session in state.sessions.items():
+            (self._dial_sessions if kind == "Dial" else self.bind_sessions)[service_id] = session
+        self.cached_at = state.saved_at
+        self._contacted(error)
+        log.warning("context.serving_cached_services", identity=self.name,
+                    services=len(self.services), routers=len(self._routers),
+                    saved_at=datetime.datetime.fromtimestamp(state.saved_at,
+                                                             datetime.UTC).isoformat())
+        return True
+
+    async def _start_later(self, backoff: Backoff) -> None:
+        """Serving from the cache: keep trying the controller; then refresh as usual. Links
+        and sessions of the cached API session go if the controller gave us a new one."""
+        cached = self.ctrl.api_session.id if self.ctrl.api_session else None
+        while True:
+            await asyncio.sleep(backoff.failed())
+            try:
+                await self.start()
+                break
+            except ControllerError as exc:
+                log.info("context.start_failed", identity=self.name, error=str(exc))
+        assert self.ctrl.api_session is not None
+        if self.ctrl.api_session.id != cached:
+            self._dial_sessions.clear()
+            self.bind_sessions.clear()
+            for link in list(self._links.values()):
+                link.close()
+        self.cached_at = None
+        await self.persist()
+        log.info("context.controller_back", identity=self.name,
+                 same_api_session=self.ctrl.api_session.id == cached)
 
     async def close(self) -> None:
         """Stop tasks, close links and the controller client."""
@@ -170,6 +239,11 @@ class ZitiContext:
     def subscribe(self, listener: ServiceListener) -> None:
         """Call `listener(changes)` after every refresh that changed something."""
         self._listeners.append(listener)
+
+    @property
+    def routers(self) -> tuple[EdgeRouterRef, ...]:
+        """The edge routers the controller listed (or the cache had)."""
+        return tuple(self._routers)
 
     def links(self) -> list[LinkInfo]:
         """Every router the controller listed, then any other router we hold a link to."""
@@ -209,12 +283,14 @@ class ZitiContext:
         self.services, self._last_change = fresh, last_change
         for service in changes.changed + changes.removed:
             self._dial_sessions.pop(service.id, None)
+            self.bind_sessions.pop(service.id, None)
         if changes:
             log.info("context.services_changed", identity=self.name, added=len(changes.added),
                      changed=len(changes.changed), removed=len(changes.removed))
             for listener in list(self._listeners):
                 listener(changes)
         self._start_prefetch()
+        await self.persist()
         return changes
 
     def _start_prefetch(self) -> None:
@@ -238,6 +314,24 @@ class ZitiContext:
                 log.info("context.session_prefetch_failed", service=service.name, error=str(exc))
                 continue
             self._dial_sessions.setdefault(service.id, session)
+        await self.persist()
+
+    async def persist(self) -> None:
+        """Save what a restart without the controller needs (written only when it changed;
+        a failed write is logged, never fatal)."""
+        session = self.ctrl.api_session
+        if self._cache is None or session is None or self.cached_at is not None:
+            return
+        sessions = {**{(k, "Dial"): v for k, v in self._dial_sessions.items()},
+                    **{(k, "Bind"): v for k, v in self.bind_sessions.items()}}
+        state = CachedState(time.time(), self.ctrl.auth_method, session, self.ctrl.tokens,
+                            tuple(self._routers), dict(self.services), sessions)
+        async with self._cache_lock:
+            try:
+                await asyncio.to_thread(self._cache.save, state)
+            except OSError as exc:
+                log.warning("context.cache_write_failed", identity=self.name,
+                            path=str(self._cache.path), error=exc.strerror or str(exc))
 
     async def _run_refresh(self) -> None:
         while True:
@@ -277,6 +371,7 @@ class ZitiContext:
             else:  # a new API session: links of the old one cannot be updated
                 for link in list(self._links.values()):
                     link.close()
+            await self.persist()
             log.debug("context.token_refreshed", identity=self.name)
 
     # -- certificate renewal ---------------------------------------------------------------
@@ -547,7 +642,6 @@ class Binding:
     task: asyncio.Task[None] | None = None
     listeners: dict[str, EdgeListener] = field(default_factory=dict)   # router URL -> listener
     routers: dict[str, EdgeRouterRef] = field(default_factory=dict)    # URL -> router bound on
-    _session: SessionRef | None = None
     _session_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _moving: asyncio.Task[None] | None = None
@@ -571,11 +665,15 @@ class Binding:
                 group.create_task(self._keep_bound(router))
 
     async def _bind_session(self) -> SessionRef:
+        """The service's Bind session, kept by the context (so it is cached with the rest)."""
+        ctx = self.context
         async with self._session_lock:   # the per-router loops share one session
-            if self._session is None:
-                self._session = await self.context.ctrl.create_session(self.service.id,
-                                                                       "Bind")
-            return self._session
+            session = ctx.bind_sessions.get(self.service.id)
+            if session is None:
+                session = await ctx.ctrl.create_session(self.service.id, "Bind")
+                ctx.bind_sessions[self.service.id] = session
+                await ctx.persist()
+            return session
 
     async def _keep_bound(self, router: EdgeRouterRef) -> None:
         """Bind on `router`, wait for loss, back off, bind again."""
@@ -641,8 +739,9 @@ class Binding:
                                     options=self.options)
             try:
                 await listener.bind()
-            except InvalidSessionError:
-                self._session = None   # the next attempt asks the controller for a new one
+            except InvalidSessionError:   # the next attempt asks the controller for a new one
+                if ctx.bind_sessions.get(self.service.id) is session:
+                    del ctx.bind_sessions[self.service.id]
                 raise
             self.listeners[router.url] = listener
             if replacing is not None:

@@ -154,6 +154,25 @@ class ControllerClient:
         """The OIDC access token's expiry (epoch seconds); None with legacy sessions."""
         return self._tokens.expires_at if self._tokens is not None else None
 
+    @property
+    def tokens(self) -> Tokens | None:
+        """The OIDC tokens of the API session (None with legacy sessions)."""
+        return self._tokens
+
+    def restore(self, auth_method: str, session: ApiSession, tokens: Tokens | None) -> None:
+        """Take up an API session saved by an earlier run (`resume()` checks it later)."""
+        self.auth_method, self.api_session, self._tokens = auth_method, session, tokens
+
+    async def resume(self) -> ApiSession:
+        """Check a restored API session with the controller: kept alive when still good,
+        else replaced by a new login.
+
+        Raises:
+            ControllerError: the controller is unreachable or refused us.
+        """
+        await self.version()
+        return await self.refresh_api_session()
+
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None or self._http.closed:
             connector = aiohttp.TCPConnector(ssl=self._identity.client_ssl_context(), limit=4)

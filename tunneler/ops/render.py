@@ -144,7 +144,10 @@ def _state_lines(status: Status) -> list[str]:
                                         else "")
         expiry = f", session until {ident.api_session_expires_at}" \
             if ident.api_session_expires_at else ""
-        lines.append(f"  {ident.name}: {state}, {ctrl}, {ident.services} services{expiry}")
+        cached = f" (from the cache saved {ident.services_cached_at})" \
+            if ident.services_cached_at else ""
+        lines.append(f"  {ident.name}: {state}, {ctrl}, {ident.services} services{cached}"
+                     f"{expiry}")
         if ident.cert_expires_at:
             renewed = f", renewed {ident.cert_renewed_at}" if ident.cert_renewed_at else ""
             failing = f", RENEWAL FAILING ({ident.cert_renewal_error})" \

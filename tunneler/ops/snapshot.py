@@ -52,6 +52,8 @@ class IdentityStatus:
     cert_renewed_at: str | None = None          # ISO 8601, UTC: the last renewal (this run)
     cert_renewal_error: str | None = None       # why the last renewal attempt failed
     cert_expiring: bool = False                 # near its end while renewal keeps failing
+    services_cached_at: str | None = None       # ISO 8601, UTC: services come from the cache
+                                                # saved then (controller unreachable at start)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ class ContextsView:
                 _iso(cert.expires_at if cert else ctx.identity.certificate.not_valid_after_utc
                      .timestamp()),
                 _iso(cert.renewed_at) if cert else None, cert.error if cert else None,
-                cert.expiring if cert else False))
+                cert.expiring if cert else False, _iso(ctx.cached_at)))
         return tuple(result)
 
     def routers(self) -> tuple[RouterStatus, ...]:

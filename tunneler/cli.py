@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     stub.add_argument("--tls-key", help="PEM private key (mode 0600) for --tls-cert")
     stub.add_argument("--log-level", default="info")
 
-    cleanup = _add(sub, "cleanup", "tunneler.tun.cleanup:cmd_cleanup",
+    cleanup = _add(sub, "cleanup", "tunneler.hostconfig.cleanup:cmd_cleanup",
                    "undo what a crashed daemon left: replay its journal, remove the TUN link "
                    "and our resolv.conf entry")
     cleanup.add_argument("--tun-name", default="tunneler0")

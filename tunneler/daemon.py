@@ -6,6 +6,10 @@ MTU and routes (journalled before each change) → DNS server and TUN reader (th
 system resolver configuration. Service changes re-plan intercepts, DNS names and routes.
 Stop on SIGTERM/SIGINT in reverse: refuse new flows, restore the resolver first, drain flows
 for up to 5 s, close the contexts, remove routes and the TUN, remove the journal, exit 0.
+
+The host side is one value: `_host_config()` derives the `HostConfig` (routes, DNS IP,
+domains) from the engine's intercepts, and every start step, service change and stop hands
+it to the `HostConfigurator` (Linux by default; tests pass the fake and a socket-pair TUN).
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ import argparse
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunneler import aio
 from tunneler.client.context import ZitiContext
 from tunneler.client.services import ServiceChanges
+from tunneler.daemon_view import InterceptView
 from tunneler.dns import system
 from tunneler.dns.pool import VipPool
 from tunneler.engine.dnsserver import Upstream, parse_upstream
@@ -28,15 +33,14 @@ from tunneler.engine.engine import Engine
 from tunneler.engine.limits import Limits
 from tunneler.errors import ControllerError, TunnelerError
 from tunneler.host import identity_paths
+from tunneler.hostconfig.config import HostConfig, HostConfigurator
+from tunneler.hostconfig.linux import LinuxHostConfigurator
 from tunneler.log import get_logger
 from tunneler.ops import runtime as ops_runtime
 from tunneler.ops.enroll_dir import enroll_pending
 from tunneler.ops.options import NO_OPS, OpsConfig
 from tunneler.ops.stats import Stats
-from tunneler.ops.views import InterceptView
-from tunneler.tun import cleanup, routes
-from tunneler.tun.device import LinuxTun
-from tunneler.tun.journal import Journal, Step, journal_path
+from tunneler.tun.device import LinuxTun, TunDevice
 from tunneler.tun.route_plan import (
     DEFAULT_MTU,
     RoutePlan,
@@ -119,19 +123,28 @@ async def _resolve_hosts(hosts: Iterable[str]) -> list[str]:
 class Daemon:
     """One run of the intercepting daemon."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, *, configurator: HostConfigurator | None = None,
+                 open_tun: Callable[[str], TunDevice] = LinuxTun) -> None:
         self.config = config
         self.pool = VipPool(config.dns_ip_range)
         self.contexts = [ZitiContext(path, refresh_interval=config.refresh_interval)
                          for path in config.identities]
-        self.journal: Journal | None = None
-        self.tun: LinuxTun | None = None
+        self.configurator: HostConfigurator = configurator or LinuxHostConfigurator(
+            config.runtime_dir, resolv_conf=config.resolv_conf, dns_config=config.dns_config)
+        self._open_tun = open_tun
+        self.tun: TunDevice | None = None
         self.engine: Engine | None = None
-        self.resolver: system.SystemResolver | None = None
+        self.host_config: HostConfig | None = None   # the last one handed to the configurator
+        self._dns_on = False
         self.excluded: list[str] = []
         self.stats = Stats()  # per-service counters: the engine counts, the ops layer reads
         self._routes_lock = asyncio.Lock()
         self._updates: set[asyncio.Task[None]] = set()
+
+    @property
+    def tun_name(self) -> str:
+        """The TUN device's name."""
+        return self.config.tun_name
 
     async def run(self, stop: asyncio.Event) -> int:
         """Start, serve until `stop` is set, stop; returns the exit code."""
@@ -140,14 +153,12 @@ class Daemon:
             return await self._run(stop, ops)
 
     async def _run(self, stop: asyncio.Event, ops: ops_runtime.Ops) -> int:
-        path = journal_path(self.config.runtime_dir)
         # pyroute2 runs its own event loop: every netlink call goes to a worker thread.
-        await asyncio.to_thread(cleanup.recover, path)
+        await asyncio.to_thread(self.configurator.prepare, self.config.tun_name)
         upstreams = self._upstreams()
         try:
             started = await asyncio.gather(*(ctx.start_retrying(stop) for ctx in self.contexts))
             if all(started):
-                self.journal = Journal.create(path)
                 await self._start(upstreams)
                 log.info("daemon.ready", tun=self.config.tun_name,
                          dns_ip=str(self.pool.dns_ip), identities=len(self.contexts),
@@ -164,12 +175,13 @@ class Daemon:
         found = system.read_upstreams(self.config.resolv_conf, str(self.pool.dns_ip))
         result = []
         for text in found:
-            with contextlib.suppress(TunnelerError):
+            try:
                 result.append(parse_upstream(text if ":" not in text else f"[{text}]"))
+            except TunnelerError as exc:
+                log.warning("daemon.upstream_skipped", upstream=text, error=str(exc))
         return result
 
     async def _start(self, upstreams: Sequence[Upstream]) -> None:
-        assert self.journal is not None
         hosts = [ctx.identity.controller_address[0] for ctx in self.contexts]
         for ctx in self.contexts:
             for router in ctx.routers:
@@ -179,16 +191,15 @@ class Daemon:
                     log.warning("daemon.router_address_invalid", router=router.url,
                                 error=str(exc))
         self.excluded = await _resolve_hosts(hosts)
-        self.journal.record(Step.delete_link(self.config.tun_name))
-        self.tun = LinuxTun(self.config.tun_name)
+        self.tun = self._open_tun(self.config.tun_name)
         self.engine = Engine(self.tun, self.contexts, self.pool, limits=self.config.limits,
                              upstreams=upstreams, counters=self.stats)
-        await self._apply_routes()
+        await self._apply()
         await self.engine.start()
-        await self._apply_routes()
         for ctx in self.contexts:
             ctx.subscribe(self._services_changed)
-        await asyncio.to_thread(self._configure_resolver)
+        self._dns_on = True
+        await self._apply()
 
     def _intercept_networks(self) -> list[str]:
         """Intercepted IPs/CIDRs that may be routed into the TUN (others are logged, skipped)."""
@@ -216,38 +227,36 @@ class Daemon:
             if stop.is_set():
                 return
             try:
-                plan = await self._apply_routes()
+                async with self._routes_lock:
+                    plan = await asyncio.to_thread(self.configurator.reclaim)
                 if not plan.empty:
                     log.warning("daemon.routes_restored", added=len(plan.add_routes),
                                 addresses=len(plan.add_addresses))
-                if self.resolver is not None:
-                    await asyncio.to_thread(self.resolver.reclaim)
             except (TunnelerError, OSError) as exc:
                 log.error("daemon.reconcile_failed", error=str(exc))
 
-    async def _apply_routes(self) -> RoutePlan:
-        desired = desired_config(
+    def _host_config(self) -> HostConfig:
+        """What the host should look like now (DNS only between engine start and stop)."""
+        routes = desired_config(
             tun_name=self.config.tun_name,
             addresses=[f"{self.pool.tun_ip}/{self.pool.network.prefixlen}"],
             vip_cidr=str(self.pool.network), intercepts=self._intercept_networks(),
             excluded=self.excluded, mtu=self.config.mtu)
+        if not self._dns_on:
+            return HostConfig(routes)
+        return HostConfig(routes, str(self.pool.dns_ip), tuple(self._domains()),
+                          self.config.dns_route_all)
+
+    async def _apply(self) -> RoutePlan:
+        """Compute the host config and hand it to the configurator (one change at a time)."""
         async with self._routes_lock:
-            return await asyncio.to_thread(routes.configure, desired, self.journal)
+            self.host_config = self._host_config()
+            return await asyncio.to_thread(self.configurator.set, self.host_config)
 
     def _domains(self) -> list[str]:
         assert self.engine is not None
         table = self.engine.policy.table
         return sorted(table.hostnames()) + sorted(f"*.{d}" for d in table.wildcard_domains())
-
-    def _configure_resolver(self) -> None:
-        method, reason = system.detect_method(self.config.resolv_conf,
-                                              no_dns_config=not self.config.dns_config)
-        log.info("daemon.resolver_method_chosen", method=method.value, reason=reason)
-        self.resolver = system.SystemResolver(
-            method, link=self.config.tun_name, dns_ip=str(self.pool.dns_ip),
-            domains=self._domains(), resolv_conf=self.config.resolv_conf,
-            route_all=self.config.dns_route_all, journal=self.journal)
-        self.resolver.apply()
 
     def _services_changed(self, changes: ServiceChanges) -> None:
         """A refresh changed some identity's services: re-plan intercepts, DNS and routes."""
@@ -260,11 +269,7 @@ class Daemon:
 
     async def _update_host(self) -> None:
         try:
-            await self._apply_routes()
-            resolver = self.resolver
-            if resolver is not None and resolver.method is system.Method.RESOLVED:
-                await asyncio.to_thread(system.apply_resolved, resolver.link, resolver.dns_ip,
-                                        self._domains(), resolver.route_all)
+            await self._apply()
         except (TunnelerError, OSError) as exc:
             log.error("daemon.policy_update_failed", error=str(exc))
         else:
@@ -274,23 +279,31 @@ class Daemon:
         """Reverse order of `_start`; every step runs even when an earlier one failed."""
         if self.engine is not None:
             self.engine.drain()
-        if self.resolver is not None:
-            with contextlib.suppress(TunnelerError, OSError):
-                await asyncio.to_thread(self.resolver.revert)
+        if self._dns_on:
+            self._dns_on = False
+            try:
+                await self._apply()   # the resolver first: no new name leads to us
+            except (TunnelerError, OSError) as exc:
+                log.error("daemon.dns_release_failed", error=str(exc))
         if self.engine is not None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.limits.drain_timeout + 1):
                     await self.engine.close()
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(CONTEXT_CLOSE_TIMEOUT):
-                await asyncio.gather(*(ctx.close() for ctx in self.contexts),
-                                     return_exceptions=True)
+                results = await asyncio.gather(*(ctx.close() for ctx in self.contexts),
+                                               return_exceptions=True)
+            for ctx, result in zip(self.contexts, results, strict=True):
+                if isinstance(result, BaseException):
+                    log.warning("daemon.context_close_failed", identity=ctx.name,
+                                error=str(result) or repr(result))
+        except TimeoutError:
+            log.warning("daemon.context_close_timed_out", seconds=CONTEXT_CLOSE_TIMEOUT)
         if self.tun is not None:
             self.tun.close()
         for task in list(self._updates):
             task.cancel()
         async with self._routes_lock:
-            if self.journal is not None:
-                failed = await asyncio.to_thread(cleanup.rollback, self.journal)
-                log.info("daemon.stopped", undo_failures=failed)
+            failed = await asyncio.to_thread(self.configurator.close)
+        log.info("daemon.stopped", undo_failures=failed)
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tunneler import aio
+from tunneler import __version__, aio
 from tunneler.client.bridge import (
     DatagramBridge,
     StreamBridge,
@@ -37,8 +37,9 @@ from tunneler.log import get_logger
 from tunneler.ops import runtime as ops_runtime
 from tunneler.ops.enroll_dir import enroll_pending
 from tunneler.ops.options import NO_OPS, OpsConfig
+from tunneler.ops.snapshot import InterceptRow, Status
 from tunneler.ops.stats import Stats, failure_reason
-from tunneler.ops.views import HostView
+from tunneler.ops.views import ContextsView
 
 log = get_logger("host")
 
@@ -196,3 +197,19 @@ def dial_handler(service_name: str, config: HostV1, stats: Stats | None = None, 
         return sink
 
     return on_dial
+
+
+class HostView(ContextsView):
+    """The view of `tunneler run-host` (no intercepts, no TUN, no DNS)."""
+
+    def __init__(self, hosts: Sequence[ServiceHost], stats: Stats | None = None) -> None:
+        super().__init__([h.ctx for h in hosts], stats)
+        self.hosts = list(hosts)
+        self.services_loaded = False
+
+    def intercepts(self) -> list[InterceptRow]:
+        return []
+
+    def status(self) -> Status:
+        return Status(__version__, "host", self.uptime(), self.services_loaded,
+                      self.identities(), self.routers(), counters=self.stats.snapshot())

@@ -14,9 +14,9 @@ from pyroute2 import IPRoute
 from tests.support.netns import NetnsPool
 from tunneler.demo.netns import Netns
 from tunneler.dns.system import install_resolv_conf
+from tunneler.journal import Journal, JournalState, Step, load
 from tunneler.tun import routes
 from tunneler.tun.device import LinuxTun, TunError
-from tunneler.tun.journal import Journal, JournalState, Step, load
 from tunneler.tun.route_plan import desired_config
 from tunneler.tun.routes import read_state
 
@@ -122,7 +122,7 @@ from pathlib import Path
 from tunneler.dns.system import Method, SystemResolver
 from tunneler.tun import routes
 from tunneler.tun.device import LinuxTun
-from tunneler.tun.journal import Journal, Step
+from tunneler.journal import Journal, Step
 from tunneler.tun.route_plan import desired_config
 journal = Journal.create(Path(sys.argv[1]) / "journal.json")
 journal.record(Step.delete_link("ttun0"))

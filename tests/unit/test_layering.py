@@ -84,3 +84,65 @@ def test_no_shell_anywhere() -> None:
                     isinstance(node.value, ast.Name) and node.value.id == "os":
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} os.{node.attr}")
     assert offenders == []
+
+
+# ---- import direction (issue 10, item 6) ------------------------------------------------------
+# Every `tunneler` import counts, also those under `if TYPE_CHECKING:` (a type-only import is
+# still a dependency between modules).
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {_module_name(p): p for p in _modules()}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module)
+                found |= {f"{node.module}.{alias.name}" for alias in node.names}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def _within(module: str, *packages: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+@pytest.mark.parametrize(("importer", "forbidden"), [
+    ("tunneler.ops", ("tunneler.daemon", "tunneler.daemon_view", "tunneler.host")),
+    ("tunneler.dns", ("tunneler.tun", "tunneler.hostconfig")),
+    ("tunneler.tun", ("tunneler.dns", "tunneler.hostconfig")),
+    ("tunneler.journal", ("tunneler.dns", "tunneler.tun", "tunneler.hostconfig")),
+    ("tunneler.hostconfig.config", ("tunneler.dns", "tunneler.hostconfig.linux")),
+    ("tunneler.daemon_view", ("tunneler.daemon",)),
+])
+def test_imports_point_one_way(importer: str, forbidden: tuple[str, ...]) -> None:
+    bad = sorted(f"{module} imports {dep}" for module, deps in _graph().items()
+                 if _within(module, importer) for dep in deps if _within(dep, *forbidden))
+    assert bad == [], bad
+
+
+def test_no_import_cycle_anywhere_in_the_package() -> None:
+    graph = _graph()
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        if module in path:
+            return [*path[path.index(module):], module]
+        if module in done:
+            return None
+        for dep in sorted(graph[module]):
+            if (cycle := visit(dep, [*path, module])) is not None:
+                return cycle
+        done.add(module)
+        return None
+
+    for module in sorted(graph):
+        cycle = visit(module, [])
+        assert cycle is None, " -> ".join(cycle or ())

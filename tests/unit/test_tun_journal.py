@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from tunneler.dns.system import install_resolv_conf
-from tunneler.tun.cleanup import recover, rollback, start_journal, undo
-from tunneler.tun.journal import (
+from tunneler.hostconfig.cleanup import recover, rollback, start_journal, undo
+from tunneler.journal import (
     Journal,
     JournalError,
     JournalState,

@@ -29,8 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from tunneler.errors import TunnelerError
+from tunneler.journal import Journal, Step
 from tunneler.log import get_logger
-from tunneler.tun.journal import Journal, Step
 
 log = get_logger("dns")
 
@@ -297,6 +297,14 @@ class SystemResolver:
             install_resolv_conf(self.resolv_conf, self.dns_ip)
         else:
             log.info("dns.system_config_skipped", reason="--no-dns-config")
+
+    def set_domains(self, domains: Iterable[str], *, route_all: bool = False) -> None:
+        """The intercepted names changed: route these to us (resolved; resolv.conf sends
+        every name to us anyway)."""
+        self.domains, self.route_all = list(domains), route_all
+        if self.method is Method.RESOLVED:
+            apply_resolved(self.link, self.dns_ip, self.domains, self.route_all)
+            log.info("dns.resolved_domains_updated", link=self.link, domains=len(self.domains))
 
     def reclaim(self) -> bool:
         """Put our resolv.conf header back if something rewrote the file; True if it did.

@@ -1,4 +1,6 @@
-"""`DaemonView`s of the two daemons: `InterceptView` (`tunneler run`), `HostView` (`run-host`).
+"""What both daemons' `DaemonView`s share: `ContextsView` (identities, routers, refresh, log
+level) and `engine_counters`. The views themselves live beside what they read
+(`tunneler.daemon_view.InterceptView`, `tunneler.host.HostView`), so ops imports neither.
 
 They read the running objects on request and build `snapshot` values; nothing here changes
 the data path except `refresh()` (a service refresh now) and `set_log_level()`.
@@ -10,36 +12,23 @@ data path counts into; DNS and drop counters from the engine's own flat counters
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
 
-from tunneler import __version__, log
+from tunneler import log
 from tunneler.client.context import ZitiContext
 from tunneler.errors import ControllerError, DialError
-from tunneler.intercept import Intercept, InterceptAddress
 from tunneler.ops.snapshot import (
     Counters,
-    DnsStatus,
     IdentityStatus,
-    InterceptRow,
-    PoolUsage,
     RouterStatus,
-    Status,
-    TunStatus,
 )
 from tunneler.ops.stats import Stats
-
-if TYPE_CHECKING:
-    from tunneler.daemon import Daemon
-    from tunneler.host import ServiceHost
 
 logger = log.get_logger("ops")
 
 LINK_CHECK_INTERVAL = 2.0
-WILDCARD_VIPS_SHOWN = 8
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -130,17 +119,6 @@ class ContextsView:
             await asyncio.sleep(interval)
 
 
-def _address_text(address: InterceptAddress) -> str:
-    if address.network is not None:
-        return str(address.network)
-    return f"*.{address.wildcard}" if address.wildcard is not None else address.hostname or "-"
-
-
-def _ports(intercept: Intercept) -> tuple[str, ...]:
-    return tuple(str(low) if low == high else f"{low}-{high}"
-                 for low, high in intercept.port_ranges)
-
-
 def engine_counters(raw: Mapping[str, int], dns: Mapping[str, int]) -> Counters:
     """Map the engine's flat counters (`drop_<reason>`, `tcp_refused_<reason>`, DNS outcomes)
     to `Counters` (flows, bytes and failed dials are counted per service in `Stats`)."""
@@ -160,77 +138,3 @@ def engine_counters(raw: Mapping[str, int], dns: Mapping[str, int]) -> Counters:
              "refused": total("dns_refused_in_flight_cap", "dns_upstream_failed"),
              "dropped": dns_dropped},
         dial_failures=failures, packets_dropped=drops)
-
-
-class InterceptView(ContextsView):
-    """The view of `tunneler run`."""
-
-    def __init__(self, daemon: Daemon, stats: Stats | None = None) -> None:
-        super().__init__(daemon.contexts, stats)
-        self.daemon = daemon
-
-    def intercepts(self) -> list[InterceptRow]:
-        engine = self.daemon.engine
-        if engine is None:
-            return []
-        rows = []
-        for intercept in engine.policy.table.intercepts:
-            target = engine.policy.targets.get(intercept.service)
-            ctx = target.context if target is not None else None
-            router = best_router(ctx) if isinstance(ctx, ZitiContext) else None
-            for address in intercept.addresses:
-                vips = self._vips(address)
-                rows.append(InterceptRow(
-                    _address_text(address), intercept.service,
-                    ctx.name if ctx is not None else "-", vips[:WILDCARD_VIPS_SHOWN],
-                    tuple(sorted(intercept.protocols)), _ports(intercept),
-                    router.name if router else None, router.latency_ms if router else None,
-                    self.stats.active_flows(intercept.service),
-                    self.stats.last_error(intercept.service), len(vips)))
-        return rows
-
-    def _vips(self, address: InterceptAddress) -> tuple[str, ...]:
-        """The VIPs handed out for `address` (a wildcard's most recently used first)."""
-        pool = self.daemon.pool
-        if address.wildcard is not None:
-            return tuple(str(vip) for _, vip in pool.wildcard_names(address.wildcard))
-        vip = pool.lookup(address.hostname) if address.hostname is not None else None
-        return (str(vip),) if vip is not None else ()
-
-    def status(self) -> Status:
-        daemon, engine = self.daemon, self.daemon.engine
-        pool = PoolUsage(daemon.pool.capacity, daemon.pool.in_use)
-        counters = self.stats.snapshot(pool)
-        if engine is not None:
-            base = engine_counters(engine.stats.snapshot(), engine.responder.counters)
-            failures = dict(base.dial_failures)
-            for reason, count in counters.dial_failures.items():
-                failures[reason] = failures.get(reason, 0) + count
-            counters = dataclasses.replace(counters, dns=base.dns, dial_failures=failures,
-                                           packets_dropped=base.packets_dropped)
-        tun = TunStatus(daemon.config.tun_name, daemon.tun is not None,
-                        daemon.tun is not None and engine is not None,
-                        len(daemon._intercept_networks()) + 1 if engine is not None else 0)
-        resolver = daemon.resolver
-        dns = DnsStatus(str(daemon.pool.dns_ip),
-                        resolver.method.value if resolver is not None else "pending",
-                        resolver is not None,
-                        tuple(f"{h}:{p}" for h, p in engine.dns.upstreams) if engine else ())
-        return Status(__version__, "intercept", self.uptime(), engine is not None,
-                      self.identities(), self.routers(), tun, dns, counters)
-
-
-class HostView(ContextsView):
-    """The view of `tunneler run-host` (no intercepts, no TUN, no DNS)."""
-
-    def __init__(self, hosts: Sequence[ServiceHost], stats: Stats | None = None) -> None:
-        super().__init__([h.ctx for h in hosts], stats)
-        self.hosts = list(hosts)
-        self.services_loaded = False
-
-    def intercepts(self) -> list[InterceptRow]:
-        return []
-
-    def status(self) -> Status:
-        return Status(__version__, "host", self.uptime(), self.services_loaded,
-                      self.identities(), self.routers(), counters=self.stats.snapshot())

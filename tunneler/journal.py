@@ -4,7 +4,7 @@ Before each change to the host (TUN link, route, resolver setting) the daemon re
 `Step` that undoes it; the file is rewritten atomically (temp file, fsync, rename) and is
 0600 in a 0700 runtime directory (default ``/run/tunneler/journal.json``). On start, and in
 ``tunneler cleanup``, a journal whose owner process is dead is undone in reverse order
-(`tunneler.tun.cleanup`); a clean shutdown undoes its own steps and removes the file.
+(`tunneler.hostconfig.cleanup`); a clean shutdown undoes its own steps and removes the file.
 
 The owner is identified by PID *and* the process start time from ``/proc/PID/stat``, so a
 recycled PID is not mistaken for a live owner. File format::
@@ -147,7 +147,7 @@ class Journal:
         """Start an empty journal owned by this process.
 
         Raises JournalError when a journal already exists: a live owner means another
-        tunneler is running; a dead one must be recovered first (`tunneler.tun.cleanup`).
+        tunneler is running; a dead one must be recovered first (`tunneler.hostconfig.cleanup`).
         """
         existing = load(path)
         if existing is not None:

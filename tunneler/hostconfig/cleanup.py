@@ -16,9 +16,7 @@ from pathlib import Path
 
 from tunneler.dns import system
 from tunneler.errors import TunnelerError
-from tunneler.log import get_logger
-from tunneler.tun import routes
-from tunneler.tun.journal import (
+from tunneler.journal import (
     DEFAULT_RUNTIME_DIR,
     Journal,
     JournalError,
@@ -26,7 +24,9 @@ from tunneler.tun.journal import (
     journal_path,
     owner_alive,
 )
-from tunneler.tun.journal import load as load_journal
+from tunneler.journal import load as load_journal
+from tunneler.log import get_logger
+from tunneler.tun import routes
 from tunneler.tun.route_plan import DEFAULT_TUN_NAME
 
 log = get_logger("tun")

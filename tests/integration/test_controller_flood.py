@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -38,6 +40,9 @@ SLOW_CLIENTS = 500
 BIG_BODIES = 20
 BIG = 10 << 20
 BAD_LOGIN_SECONDS = 5.0
+BAD_LOGIN_RATE = 1200.0   # offered per second (pacing loses a little: at least 1,000)
+ATTACKERS = 16            # threads
+ATTACKER = "127.0.0.2"    # the flood's source; the real client connects from 127.0.0.1
 RSS_GROWTH_LIMIT = 128 << 20
 
 
@@ -86,24 +91,38 @@ async def _big_bodies(port: int, trusted: ssl.SSLContext) -> Counter[int]:
     return statuses
 
 
-async def _bad_logins(port: int, foreign: ssl.SSLContext, seconds: float) -> Counter[str]:
+def _bad_logins(port: int, foreign: ssl.SSLContext, seconds: float) -> tuple[Counter[str], float]:
+    """Logins with a foreign CA's certificate from 127.0.0.2, paced at BAD_LOGIN_RATE by
+    threads on blocking sockets (the handshakes run outside the GIL); the outcomes and the
+    rate actually offered."""
     outcomes: Counter[str] = Counter()
-    end = time.monotonic() + seconds
+    lock = threading.Lock()
+    start = time.monotonic()
 
-    async def one() -> None:
-        while time.monotonic() < end:
+    def one(worker: int) -> None:
+        sent = 0
+        while (due := start + (sent * ATTACKERS + worker) / BAD_LOGIN_RATE) < start + seconds:
+            time.sleep(max(0.0, due - time.monotonic()))
+            sent += 1
             try:
-                reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", port, ssl=foreign, server_hostname="localhost")
-                writer.write(b"POST /edge/client/v1/authenticate?method=cert HTTP/1.1\r\n"
-                             b"Host: x\r\nContent-Length: 0\r\n\r\n")
-                line = await asyncio.wait_for(reader.readline(), 10)
-                outcomes[line.split()[1].decode() if line else "closed"] += 1
-                writer.close()
-            except (OSError, ssl.SSLError, TimeoutError):
-                outcomes["refused"] += 1
-    await asyncio.gather(*(one() for _ in range(16)))
-    return outcomes
+                with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                              source_address=(ATTACKER, 0)) as raw, \
+                        foreign.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"POST /edge/client/v1/authenticate?method=cert HTTP/1.1\r\n"
+                                b"Host: x\r\nContent-Length: 0\r\n\r\n")
+                    line = tls.recv(64)
+                    outcome = line.split()[1].decode() if line else "closed"
+            except (OSError, ssl.SSLError):
+                outcome = "refused"
+            with lock:
+                outcomes[outcome] += 1
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(ATTACKERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes, sum(outcomes.values()) / (time.monotonic() - start)
 
 
 async def _closed(readers: list[asyncio.StreamReader], deadline: float) -> int:
@@ -135,23 +154,26 @@ def test_slow_clients_big_bodies_and_foreign_certificates_while_a_real_client_wo
         roundtrip(proxy_port, b"served during the flood").close()
         return time.monotonic() - started
 
-    async def flood() -> tuple[int, Counter[int], Counter[str], float, int]:
+    async def flood() -> tuple[int, Counter[int], tuple[Counter[str], float], float, int]:
         slow = await _slow(port, trusted)
-        logins = asyncio.ensure_future(_bad_logins(port, foreign, BAD_LOGIN_SECONDS))
+        logins = asyncio.ensure_future(asyncio.to_thread(_bad_logins, port, foreign,
+                                                         BAD_LOGIN_SECONDS))
         bodies = asyncio.ensure_future(_big_bodies(port, trusted))
         served = await asyncio.to_thread(real_client)
         peak = network.memory_info().rss
         closed = await _closed(slow, READ_HEADER_TIMEOUT + 30)
         return closed, await bodies, await logins, served, peak
 
-    closed, bodies, logins, served, peak = asyncio.run(flood())
-    rate = sum(logins.values()) / BAD_LOGIN_SECONDS
+    closed, bodies, (logins, rate), served, peak = asyncio.run(flood())
     print(f"controller flood: {closed}/{SLOW_CLIENTS} slow clients closed, big bodies "
-          f"{dict(bodies)}, foreign-certificate logins {dict(logins)} ({rate:.0f}/s), real "
-          f"client enrolled and served in {served:.2f} s, RSS growth "
+          f"{dict(bodies)}, foreign-certificate logins {dict(logins)} (offered {rate:.0f}/s "
+          f"from {ATTACKER}), real client enrolled and served in {served:.2f} s, RSS growth "
           f"{(peak - before) / 2**20:.1f} MiB")
     assert closed == SLOW_CLIENTS
     assert bodies == Counter({413: BIG_BODIES})
     assert "200" not in logins and sum(logins.values()) > 0
+    throttled = [json.loads(line) for line in overlay.log("network").splitlines()
+                 if "http.source_throttled" in line]
+    assert [t["source"] for t in throttled] == [ATTACKER], throttled
     assert peak - before <= RSS_GROWTH_LIMIT
     assert (overlay.directory / "late.json").exists()

@@ -36,6 +36,7 @@ from tunneler.controller.oidc_api import OidcApi, OidcSettings
 from tunneler.controller.paging import page, parse_name_filter, wanted_config_types
 from tunneler.controller.store import Store
 from tunneler.errors import ConfigError, EnrollmentError
+from tunneler.handshake_guard import HandshakeGuard
 from tunneler.httpserver import HttpListener, json_response
 from tunneler.log import get_logger
 
@@ -98,6 +99,7 @@ class ControllerApi:
         self._settings = settings
         self._clock = clock
         self._listener = HttpListener()
+        self.guard = HandshakeGuard()   # sources that keep failing TLS are refused at accept
         self._oidc = None if settings.oidc is None else OidcApi(
             store, settings.oidc, clock=clock, fingerprint=_peer_fingerprint)
 
@@ -138,7 +140,8 @@ class ControllerApi:
         """Listen on host:port (0 = ephemeral); returns the bound port."""
         bound = await self._listener.start(self.application(), host, port, ssl_context,
                                            keepalive_timeout=READ_HEADER_TIMEOUT,
-                                           handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
+                                           handshake_timeout=TLS_HANDSHAKE_TIMEOUT,
+                                           guard=self.guard)
         log.info("controller.api_started", host=host, port=bound)
         return bound
 

@@ -71,7 +71,10 @@ async def _leaf_certificate(host: str, port: int) -> x509.Certificate:
     writer.close()
     if not der:
         raise EnrollmentError("controller presented no certificate")
-    return x509.load_der_x509_certificate(der)
+    try:
+        return x509.load_der_x509_certificate(der)
+    except (ValueError, x509.InvalidVersion) as exc:
+        raise EnrollmentError(f"controller certificate is unreadable: {exc}") from None
 
 
 def _check_leaf(leaf: x509.Certificate, token: str, host: str) -> None:

@@ -171,7 +171,7 @@ def load_identity(path: str | Path) -> Identity:
                         _resolve(section.get("ca"), "ca", base), path, tuple(ztapis))
     try:
         identity.certificate  # noqa: B018 - parse now so a bad cert fails at load time
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:   # InvalidVersion is no ValueError
         raise IdentityError(f"identity file {path}: certificate is not valid PEM: {exc}") from exc
     return identity
 

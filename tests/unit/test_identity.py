@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import os
@@ -109,3 +110,19 @@ def test_client_context_is_tls12_plus_and_checks_pairing(identity: Identity) -> 
     mismatched = Identity(identity.ztapi, other_cert, identity.key_pem, identity.ca_pem)
     with pytest.raises(IdentityError, match="pair"):
         mismatched.client_ssl_context()
+
+
+def test_a_certificate_of_an_unknown_x509_version_is_an_identity_error(
+        tmp_path: Path, identity: Identity) -> None:
+    """Found by the fuzzer: cryptography raises InvalidVersion (not a ValueError) for it."""
+    der = identity.certificate.public_bytes(serialization.Encoding.DER)
+    assert der.count(b"\xa0\x03\x02\x01\x02") == 1       # [0] EXPLICIT INTEGER 2 (v3)
+    mutant = der.replace(b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x0a")
+    with pytest.raises(x509.InvalidVersion):
+        x509.load_der_x509_certificate(mutant)
+    pem = ("-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(mutant).decode()
+           + "-----END CERTIFICATE-----\n")
+    save_identity(Identity(identity.ztapi, pem, identity.key_pem, identity.ca_pem),
+                  tmp_path / "id.json")
+    with pytest.raises(IdentityError, match="not valid PEM"):
+        load_identity(tmp_path / "id.json")

@@ -54,7 +54,7 @@ IDLE_TIMEOUT = 7200.0
 HALF_CLOSED_TIMEOUT = 300.0
 CLOSED_LINGER = 60.0  # the listener closed first: its socket sits in TIME_WAIT (60 s on Linux)
 SHORT_LINGER = 10.0  # the app closed first, or a reset: only stray segments can still come
-UDP_IDLE_TIMEOUT = 30.0
+UDP_IDLE_TIMEOUT = 30.0  # a UDP flow without traffic either way (engine and run-host alike)
 
 _ADDRS = struct.Struct("!II")
 _PORTS = struct.Struct("!HH")

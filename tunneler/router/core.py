@@ -36,7 +36,9 @@ from tunneler.router.circuits import CircuitBook
 from tunneler.router.outbox import Outbox
 from tunneler.router.state import NUDGE_CONN_ID, ChannelSink, RouterChannel, RouterStats
 
-MAX_BODY_LEN = 1024 * 1024
+#: the router's body cap, below the channel decoder's 16 MiB `MAX_BODY_LEN` (clients send Data
+#: in chunks of at most 64 KiB, client/conn.py `MAX_CHUNK`)
+ROUTER_MAX_BODY_LEN = 1024 * 1024
 ROUTER_CAPABILITIES = b""  # big-endian bit mask (ziti common/capabilities); no bit is ours
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 log = get_logger("router")
@@ -55,7 +57,7 @@ class RouterCore:
     """Every channel of one router, and what happens when bytes arrive on them."""
 
     def __init__(self, authority: RouterAuthority, *, version: str,
-                 max_body_len: int = MAX_BODY_LEN, rng: random.Random | None = None,
+                 max_body_len: int = ROUTER_MAX_BODY_LEN, rng: random.Random | None = None,
                  token_key: rsa.RSAPublicKey | None = None,
                  wall_clock: Callable[[], float] | None = None) -> None:
         self._authority = authority

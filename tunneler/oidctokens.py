@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tunneler import jwt
-from tunneler.errors import TunnelerError
+from tunneler.errors import TokenError
 
 AUDIENCE = "openziti"
 AUDIENCES = (AUDIENCE, "native")
@@ -33,14 +33,6 @@ TYPE_ACCESS = "a"
 TYPE_REFRESH = "r"
 SCOPES = ("openid", "offline_access")
 LEEWAY_SECONDS = 5.0  # access tokens are short; skew is a controller-router matter, one host
-
-
-class TokenError(TunnelerError):
-    """A token is malformed, forged, expired, of the wrong type or for someone else."""
-
-    def __init__(self, message: str, *, expired: bool = False) -> None:
-        super().__init__(message)
-        self.expired = expired
 
 
 @dataclass(frozen=True)

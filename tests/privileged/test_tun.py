@@ -15,10 +15,11 @@ import pytest
 
 from tests.support.netns import NetnsPool
 from tunneler.demo.netns import Netns
+from tunneler.errors import TunError
 from tunneler.packet.build import build_udp4
 from tunneler.packet.parse import PROTO_UDP, Parsed, parse
 from tunneler.tun import routes
-from tunneler.tun.device import MAX_FRAME, LinuxTun, TunError
+from tunneler.tun.device import MAX_FRAME, LinuxTun
 from tunneler.tun.route_plan import desired_config
 
 TUN_IP = int(ipaddress.IPv4Address("100.64.0.1"))
@@ -124,8 +125,8 @@ def test_missing_cap_net_admin_is_explained(netns_pool: NetnsPool) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv is missing (apt-get install util-linux)")
     ns = netns_pool.new()
-    code = ("from tunneler.tun.device import LinuxTun, TunError\ntry:\n    LinuxTun('ttun0')\n"
-            "except TunError as exc:\n    print(exc)\n")
+    code = ("from tunneler.errors import TunError\nfrom tunneler.tun.device import LinuxTun\n"
+            "try:\n    LinuxTun('ttun0')\nexcept TunError as exc:\n    print(exc)\n")
     out = ns.run(["setpriv", "--bounding-set=-net_admin", "--", sys.executable, "-c", code]).stdout
     assert "run as root or grant CAP_NET_ADMIN" in out
 

@@ -6,13 +6,8 @@ import select
 
 import pytest
 
-from tunneler.tun.device import (
-    MAX_FRAME,
-    LinuxTun,
-    SocketPairTun,
-    TunDevice,
-    TunError,
-)
+from tunneler.errors import TunError
+from tunneler.tun.device import MAX_FRAME, LinuxTun, SocketPairTun, TunDevice
 
 
 def test_socketpair_tun_keeps_packet_boundaries() -> None:

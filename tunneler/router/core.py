@@ -29,7 +29,7 @@ from tunneler.channel.connection import (
 )
 from tunneler.channel.message import MAX_HEADERS_LEN, Message
 from tunneler.edge import messages as e
-from tunneler.errors import FrameError
+from tunneler.errors import FrameError, TokenError
 from tunneler.log import get_logger
 from tunneler.router.authority import ApiSessionInfo, RouterAuthority
 from tunneler.router.circuits import CircuitBook
@@ -226,7 +226,7 @@ class RouterCore:
         try:
             claims = oidctokens.verify(token, self._token_key, token_type=oidctokens.TYPE_ACCESS,
                                        now=self._wall_clock())
-        except oidctokens.TokenError as exc:
+        except TokenError as exc:
             return None, str(exc), "expired_token" if exc.expired else "invalid_token"
         if ch.fingerprint not in claims.fingerprints:
             return None, "client certificate is not one the token was issued to", "cert_mismatch"

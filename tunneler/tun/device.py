@@ -23,7 +23,7 @@ import socket
 import struct
 from typing import Protocol
 
-from tunneler.errors import TunnelerError
+from tunneler.errors import TunError
 from tunneler.log import get_logger
 
 log = get_logger("tun")
@@ -36,10 +36,6 @@ IFNAMSIZ = 16
 
 MAX_FRAME = 65535  # the largest IP packet
 _IFREQ = struct.Struct("16sH22x")
-
-
-class TunError(TunnelerError):
-    """A TUN device could not be created or used; the message says how to fix it."""
 
 
 class TunDevice(Protocol):

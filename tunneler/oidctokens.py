@@ -94,15 +94,11 @@ def verify(token: str, key: rsa.RSAPublicKey, *, token_type: str, now: float,
     """
     try:
         claims = jwt.verify(token, key, now=now, required=("sub", "exp", "z_t"), leeway=leeway,
-                            issuer=issuer, error=TokenError)
+                            audience=AUDIENCES, issuer=issuer, error=TokenError)
     except TokenError as exc:
         if str(exc) == jwt.EXPIRED:
             raise TokenError("token expired", expired=True) from exc
         raise TokenError(f"token is invalid: {exc}") from exc
-    audience = claims.get("aud")
-    audiences = audience if isinstance(audience, list) else [audience]
-    if not any(value in AUDIENCES for value in audiences):
-        raise TokenError("token is invalid: audience is not openziti")
     if claims.get("z_t") != token_type:
         raise TokenError(f"token is invalid: type {claims.get('z_t')!r}, not {token_type!r}")
     session, fingerprints = claims.get("z_asid"), claims.get("z_cfs") or []
@@ -126,5 +122,5 @@ def expiry_of(token: str) -> float | None:
         _, claims = jwt.decode_unverified(token, error=TokenError)
     except TokenError:
         return None
-    exp = claims.get("exp")
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    exp = jwt.numeric_claim(claims, "exp")
+    return None if exp is None else float(exp)

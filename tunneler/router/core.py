@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tunneler import oidctokens
+from tunneler import jwt, oidctokens
 from tunneler.channel.connection import (
     ChannelEvent,
     MessageReceived,
@@ -277,7 +277,7 @@ class RouterCore:
                 alive = self._authority.api_session_by_token(api.token) is not None
             else:
                 alive = self._authority.api_session_info(api.id) is not None
-                if alive and wall > ch.token_expires_at + oidctokens.LEEWAY_SECONDS:
+                if alive and jwt.expired(ch.token_expires_at, wall, oidctokens.LEEWAY_SECONDS):
                     log.warning("router.token_expired", channel=ch.id,
                                 identity=api.identity_name, expired_at=ch.token_expires_at)
                     self.close_channel(ch, "access token expired and was not updated")

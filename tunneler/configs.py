@@ -35,6 +35,8 @@ TUNNELER_CLIENT_V1 = "ziti-tunneler-client.v1"
 TUNNELER_SERVER_V1 = "ziti-tunneler-server.v1"
 PROTOCOLS = ("tcp", "udp")
 PRECEDENCES = ("default", "required", "failed")
+#: connectTimeoutSeconds when a config leaves it out (or 0): 5 s, as in ziti-edge-tunnel
+DEFAULT_CONNECT_TIMEOUT = 5
 
 _T = TypeVar("_T")
 
@@ -74,7 +76,7 @@ class ListenOptions:
     """`host.v1.listenOptions` (bind-side terminator options)."""
 
     bind_using_edge_identity: bool = False
-    connect_timeout_seconds: int = 5
+    connect_timeout_seconds: int = DEFAULT_CONNECT_TIMEOUT
     cost: int = 0
     identity: str | None = None
     max_connections: int = 3
@@ -247,7 +249,7 @@ def _listen_options(obj: object, path: str) -> ListenOptions:
     return ListenOptions(
         bind_using_edge_identity=_bool(fields.get("bindUsingEdgeIdentity", False),
                                        f"{path}.bindUsingEdgeIdentity"),
-        connect_timeout_seconds=_int(fields.get("connectTimeoutSeconds", 5),
+        connect_timeout_seconds=_int(fields.get("connectTimeoutSeconds", DEFAULT_CONNECT_TIMEOUT),
                                      f"{path}.connectTimeoutSeconds", 0, 2**31 - 1),
         cost=_int(fields.get("cost", 0), f"{path}.cost", 0, 65535),
         identity=None if identity is None else _str(identity, f"{path}.identity"),

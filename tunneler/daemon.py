@@ -286,9 +286,12 @@ class Daemon:
             except (TunnelerError, OSError) as exc:
                 log.error("daemon.dns_release_failed", error=str(exc))
         if self.engine is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.limits.drain_timeout + 1):
+            seconds = self.config.limits.drain_timeout + 1
+            try:
+                async with asyncio.timeout(seconds):
                     await self.engine.close()
+            except TimeoutError:
+                log.warning("daemon.engine_close_timed_out", seconds=seconds)
         try:
             async with asyncio.timeout(CONTEXT_CLOSE_TIMEOUT):
                 results = await asyncio.gather(*(ctx.close() for ctx in self.contexts),

@@ -50,8 +50,8 @@ def read_token(path: Path) -> tuple[str, dict[str, Any]]:
     for name in ("iss", "sub", "jti"):
         if not isinstance(claims.get(name), str) or not claims[name]:
             raise EnrollmentError(f"enrollment token lacks the {name!r} claim")
-    exp = claims.get("exp")
-    if isinstance(exp, int | float) and time.time() > exp + jwt.LEEWAY_SECONDS:
+    exp = jwt.numeric_claim(claims, "exp")
+    if exp is not None and jwt.expired(exp, time.time()):
         raise EnrollmentError("enrollment token has expired; ask for a new one")
     return token, claims
 

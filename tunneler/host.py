@@ -31,7 +31,7 @@ from tunneler.client.listener import BindOptions, DialHandler, IncomingDial
 from tunneler.client.resolve import Resolver, resolve_within, system_resolve
 from tunneler.client.services import ServiceChanges, config_or_warn
 from tunneler.client.targets import permitted_addresses, select_target
-from tunneler.configs import PRECEDENCES, HostV1, ListenOptions, host_of
+from tunneler.configs import DEFAULT_CONNECT_TIMEOUT, PRECEDENCES, HostV1, ListenOptions, host_of
 from tunneler.errors import ConfigError, DialError
 from tunneler.log import get_logger
 from tunneler.ops import runtime as ops_runtime
@@ -44,7 +44,6 @@ from tunneler.ops.views import ContextsView
 log = get_logger("host")
 
 SHUTDOWN_TIMEOUT = 10.0
-DEFAULT_CONNECT_TIMEOUT = 5
 
 
 def cmd_run_host(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ hostname belongs to the services naming it, such a name matches exact-hostname i
 API:
 
 - ``Intercept.from_config(service, InterceptV1)`` (a config validated by ``tunneler.configs``)
-  or ``Intercept.from_intercept_v1(service, raw_json)`` -> ``Intercept`` (raises ``ConfigError``).
+  -> ``Intercept`` (raises ``ConfigError``).
 - ``InterceptTable.set_intercepts(intercepts)``; ``lookup_address(proto, ip, port)`` for packets
   to IP/CIDR intercepts; ``lookup_hostname(proto, name, port)`` for packets to a virtual IP
   (the engine maps the VIP to its name with ``VipPool.hostname_for``); both return the best
@@ -37,7 +37,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_net
 from typing import Any, NamedTuple
 
 from tunneler import dnsname
-from tunneler.configs import INTERCEPT_V1, InterceptV1, parse_intercept
+from tunneler.configs import InterceptV1
 from tunneler.errors import ConfigError
 
 DEFAULT_CACHE_SIZE = 4096
@@ -118,11 +118,6 @@ class Intercept:
                    tuple((r.low, r.high) for r in config.port_ranges),
                    _template(config.source_ip, service, "sourceIp"),
                    _template(identity, service, "dialOptions.identity"))
-
-    @classmethod
-    def from_intercept_v1(cls, service: str, config: Mapping[str, Any]) -> Intercept:
-        """Build from an ``intercept.v1`` JSON object (raises ``ConfigError``)."""
-        return cls.from_config(service, parse_intercept(config, f"{service}.{INTERCEPT_V1}"))
 
     def port_score(self, port: int) -> int | None:
         """Return minus the size of the smallest range holding ``port``, else None."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunneler.errors import TunnelerError
+from tunneler.errors import JournalError
 from tunneler.fsutil import write_atomic
 
 VERSION = 1
@@ -29,10 +29,6 @@ DEFAULT_RUNTIME_DIR = Path("/run/tunneler")
 JOURNAL_NAME = "journal.json"
 MAX_JOURNAL_BYTES = 16 << 20  # 65536 routes fit with room to spare
 OPS = frozenset({"delete_link", "delete_route", "restore_resolv_conf", "revert_resolved_link"})
-
-
-class JournalError(TunnelerError):
-    """The journal cannot be read, written, or is owned by a live process."""
 
 
 @dataclass(frozen=True)

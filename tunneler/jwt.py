@@ -3,15 +3,25 @@
 Only `RS256` is produced or accepted: libziti verifies the enrollment JWT with the
 controller's RSA TLS key (openziti-protocol.md §1.1, §5.1), the OIDC tokens are signed with the
 same key, and accepting anything else (`none`, HS256 with the public key as secret, ...) is the
-classic JWT confusion attack; PyJWT's `algorithms` allow-list enforces that. Time is a
-parameter (`now`, seconds since the epoch): PyJWT's own clock checks are switched off through
-its options and `exp`/`nbf` are checked here against `now`, with `LEEWAY_SECONDS` of skew.
+classic JWT confusion attack. PyJWT does the checking: the signature, the `algorithms`
+allow-list, required claims (`options["require"]`), audience and issuer.
+
+Time is a parameter (`now`, seconds since the epoch), so that the router, the controller and
+the tests decide what "now" is. PyJWT has no clock parameter: it reads the wall clock itself
+(`datetime.now()` inside `decode`), and no single `leeway` can stand in for another clock,
+because `exp` and `nbf` would need it shifted in opposite directions. So PyJWT's clock checks
+are switched off through its options (`verify_exp`, `verify_nbf`, `verify_iat`: False) and
+`expired` / `not_yet_valid` apply PyJWT's own rules to `now`, with `LEEWAY_SECONDS` of skew:
+expired when ``exp <= now - leeway``, not yet valid when ``nbf > now + leeway`` (both claims
+taken as whole seconds, as PyJWT does). tests/unit/test_jwt.py checks them against PyJWT with
+its clock frozen. `iat` is not checked (it says when, not from when; `nbf` says that).
 Failures raise `error` (EnrollmentError by default) with a message saying what is wrong.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import jwt as pyjwt
@@ -53,7 +63,7 @@ def decode_unverified(token: str, *, error: type[TunnelerError] = EnrollmentErro
 
 def verify(token: str, key: rsa.RSAPublicKey, *, now: float,
            required: Iterable[str] = ENROLLMENT_CLAIMS, leeway: float = LEEWAY_SECONDS,
-           audience: str | None = None, issuer: str | None = None,
+           audience: str | Sequence[str] | None = None, issuer: str | None = None,
            error: type[TunnelerError] = EnrollmentError) -> dict[str, Any]:
     """Verify an RS256 token and return its claims.
 
@@ -63,7 +73,7 @@ def verify(token: str, key: rsa.RSAPublicKey, *, now: float,
         now: current time, seconds since the epoch.
         required: claims that must be present.
         leeway: clock skew tolerated on `exp` and `nbf`, in seconds.
-        audience: when given, `aud` must contain it.
+        audience: when given, `aud` must contain it (or one of them, for a sequence).
         issuer: when given, `iss` must equal it.
         error: the exception type raised.
 
@@ -72,14 +82,14 @@ def verify(token: str, key: rsa.RSAPublicKey, *, now: float,
             or missing claims.
     """
     text = _checked_length(token, error)
-    header, _ = decode_unverified(text, error=error)
-    if header.get("alg") != ALGORITHM:
-        raise error(f"JWT algorithm {header.get('alg')!r} refused; only RS256 accepted")
+    header, _ = decode_unverified(text, error=error)  # syntax first: "malformed" says it best
     options: Options = {**_NO_CLOCK, "verify_aud": audience is not None,
                         "require": list(required)}
     try:
         claims: dict[str, Any] = pyjwt.decode(text, key, algorithms=[ALGORITHM],
                                               audience=audience, issuer=issuer, options=options)
+    except pyjwt.InvalidAlgorithmError as exc:
+        raise error(f"JWT algorithm {header.get('alg')!r} refused; only RS256 accepted") from exc
     except pyjwt.InvalidSignatureError as exc:
         raise error("JWT signature does not verify") from exc
     except pyjwt.MissingRequiredClaimError as exc:
@@ -99,15 +109,31 @@ def _checked_length(token: str, error: type[TunnelerError]) -> str:
     return text
 
 
+def numeric_claim(claims: Mapping[str, Any], name: str) -> float | None:
+    """The claim `name` as a number; None when it is absent or not a finite number."""
+    value = claims.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return value
+
+
+def expired(exp: float, now: float, leeway: float = LEEWAY_SECONDS) -> bool:
+    """PyJWT's rule for `exp` (whole seconds), applied at `now`."""
+    return int(exp) <= now - leeway
+
+
+def not_yet_valid(nbf: float, now: float, leeway: float = LEEWAY_SECONDS) -> bool:
+    """PyJWT's rule for `nbf` (whole seconds), applied at `now`."""
+    return int(nbf) > now + leeway
+
+
 def _check_times(claims: Mapping[str, Any], now: float, leeway: float,
                  error: type[TunnelerError]) -> None:
-    for name in ("exp", "nbf"):
-        value = claims.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+    for name in ("exp", "nbf"):  # stricter than PyJWT, which takes int("123") and True too
+        if claims.get(name) is not None and numeric_claim(claims, name) is None:
             raise error(f"JWT claim {name!r} must be a number")
-    exp = claims.get("exp")
-    if exp is not None and now > exp + leeway:
-        raise error(EXPIRED)
-    nbf = claims.get("nbf")
-    if nbf and now + leeway < nbf:
+    exp, nbf = numeric_claim(claims, "exp"), numeric_claim(claims, "nbf")
+    if nbf is not None and not_yet_valid(nbf, now, leeway):  # nbf first, as PyJWT does
         raise error("JWT is not valid yet")
+    if exp is not None and expired(exp, now, leeway):
+        raise error(EXPIRED)

@@ -4,7 +4,7 @@ Theory of operation (design.md §2): the TUN has address ``T``; a second address
 routed into the TUN; the daemon listens on ``T:L``. For an intercepted flow the kernel writes
 ``T:sport -> VIP:vport`` into the TUN; ``outbound`` rewrites it in place to
 ``N:natport -> T:L`` and the engine writes it back. The kernel delivers it to the listener,
-which accepts a socket whose peer is ``N:natport``; ``original_destination(natport)`` says where
+which accepts a socket whose peer is ``N:natport``; the engine remembers, per nat port, where
 the app meant to go. Replies ``T:L -> N:natport`` come out of the TUN; ``inbound`` rewrites them
 to ``VIP:vport -> T:sport``. Checksums are updated with per-flow RFC 1624 deltas.
 
@@ -25,14 +25,13 @@ connection rate is limited by ports / linger, not by the active-flow cap.
 
 API:
 
-- ``TcpNat(tun_ip, nat_ip, listen_port, ...)``; ``translate(packet, parsed, now)`` dispatches
-  to ``outbound`` or ``inbound``; each returns None after rewriting ``packet`` (a bytearray) in
-  place, or a ``NatDrop`` (counted in ``drops``). Only a plain SYN (no ACK) opens a flow, so the
-  engine must call ``outbound`` only for packets to intercepted addresses and may answer a
-  ``NO_FLOW`` or refused SYN with ``packet.build.build_tcp_rst``.
-- ``original_destination(natport) -> OriginalDestination | None``; ``close(natport, now)``
-  when the engine is done with a flow; ``expire(now) -> list[int]`` (freed nat ports), called
-  about once a second.
+- ``TcpNat(tun_ip, nat_ip, listen_port, ...)``; ``is_inbound(parsed)`` tells a listener reply
+  (for ``inbound``) from an app's packet (for ``outbound``); each returns None after rewriting
+  ``packet`` (a bytearray) in place, or a ``NatDrop`` (counted in ``drops``). Only a plain SYN
+  (no ACK) opens a flow, so the engine must call ``outbound`` only for packets to intercepted
+  addresses and may answer a ``NO_FLOW`` or refused SYN with ``packet.build.build_tcp_rst``.
+- ``state(natport) -> FlowState | None``; ``close(natport, now)`` when the engine is done with
+  a flow; ``expire(now) -> list[int]`` (freed nat ports), called about once a second.
 - ``UdpFlowTable``: 4-tuple -> flow id with idle expiry and a cap, for UDP relaying.
 """
 
@@ -55,7 +54,7 @@ IDLE_TIMEOUT = 7200.0
 HALF_CLOSED_TIMEOUT = 300.0
 CLOSED_LINGER = 60.0  # the listener closed first: its socket sits in TIME_WAIT (60 s on Linux)
 SHORT_LINGER = 10.0  # the app closed first, or a reset: only stray segments can still come
-UDP_IDLE_TIMEOUT = 30.0
+UDP_IDLE_TIMEOUT = 30.0  # a UDP flow without traffic either way (engine and run-host alike)
 
 _ADDRS = struct.Struct("!II")
 _PORTS = struct.Struct("!HH")
@@ -182,16 +181,6 @@ class TcpNat:
             and parsed.dst == self.nat_ip
         )
 
-    def translate(
-        self, packet: bytearray | memoryview, parsed: Parsed, now: float
-    ) -> NatDrop | None:
-        """Rewrite ``packet`` in place in whichever direction it travels."""
-        if parsed.version != 4 or parsed.proto != PROTO_TCP:
-            return self._drop(NatDrop.NOT_TCP4)
-        if self.is_inbound(parsed):
-            return self.inbound(packet, parsed, now)
-        return self.outbound(packet, parsed, now)
-
     def outbound(
         self, packet: bytearray | memoryview, parsed: Parsed, now: float
     ) -> NatDrop | None:
@@ -239,11 +228,6 @@ class TcpNat:
             (key.dst_port, key.src_port),
         )
         return None
-
-    def original_destination(self, nat_port: int) -> OriginalDestination | None:
-        """Return the flow behind an accepted connection from ``N:nat_port``."""
-        flow = self._by_port.get(nat_port)
-        return flow.key if flow is not None else None
 
     def state(self, nat_port: int) -> FlowState | None:
         """Return the state of the flow using ``nat_port``, if any."""

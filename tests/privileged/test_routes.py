@@ -14,9 +14,10 @@ from pyroute2 import IPRoute
 from tests.support.netns import NetnsPool
 from tunneler.demo.netns import Netns
 from tunneler.dns.system import install_resolv_conf
+from tunneler.errors import TunError
 from tunneler.journal import Journal, JournalState, Step, load
 from tunneler.tun import routes
-from tunneler.tun.device import LinuxTun, TunError
+from tunneler.tun.device import LinuxTun
 from tunneler.tun.route_plan import desired_config
 from tunneler.tun.routes import read_state
 

@@ -1,4 +1,4 @@
-"""Real TUN devices inside a throwaway namespace: packets both ways, offload, crash removal."""
+"""Real TUN devices inside a throwaway namespace: packets both ways, crash removal."""
 
 from __future__ import annotations
 
@@ -15,15 +15,11 @@ import pytest
 
 from tests.support.netns import NetnsPool
 from tunneler.demo.netns import Netns
+from tunneler.errors import TunError
 from tunneler.packet.build import build_udp4
 from tunneler.packet.parse import PROTO_UDP, Parsed, parse
 from tunneler.tun import routes
-from tunneler.tun.device import (
-    NO_OFFLOAD_HEADER,
-    LinuxTun,
-    TunError,
-    split_vnet,
-)
+from tunneler.tun.device import MAX_FRAME, LinuxTun
 from tunneler.tun.route_plan import desired_config
 
 TUN_IP = int(ipaddress.IPv4Address("100.64.0.1"))
@@ -38,13 +34,21 @@ def wait_readable(tun: LinuxTun) -> None:
     assert select.select([tun], [], [], 2)[0], "the kernel wrote nothing into the TUN"
 
 
+def read_waiting(tun: LinuxTun) -> list[bytes]:
+    """Every packet the kernel has queued (the engine's ``TunPump`` reads the same way)."""
+    buffer = bytearray(MAX_FRAME)
+    packets: list[bytes] = []
+    while (size := tun.read_into(buffer)) > 0:
+        packets.append(bytes(buffer[:size]))
+    return packets
+
+
 def read_udp(tun: LinuxTun, port: int) -> tuple[Parsed, bytes]:
     """The first UDP packet to ``port`` (IPv6 router solicitations may come first)."""
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         wait_readable(tun)
-        for frame in tun.read_batch(16):
-            packet = bytes(split_vnet(frame)[1]) if tun.offload else frame
+        for packet in read_waiting(tun):
             parsed = parse(packet)
             if isinstance(parsed, Parsed) and parsed.proto == PROTO_UDP and parsed.dst_port == port:
                 return parsed, packet
@@ -63,7 +67,7 @@ def test_open_configure_and_close_removes_the_device(netns_pool: NetnsPool) -> N
     ns = netns_pool.new()
     with ns.entered():
         tun = LinuxTun("ttun0")
-        assert tun.name == "ttun0" and not tun.offload
+        assert tun.name == "ttun0"
         up(tun)
     info = ns.ip_json("-d", "link", "show", "ttun0")[0]
     assert info["linkinfo"]["info_kind"] == "tun"
@@ -103,32 +107,12 @@ def test_ping_to_a_vip_is_read_from_the_tun(netns_pool: NetnsPool) -> None:
         seen = None
         while seen is None and time.monotonic() < deadline:
             wait_readable(tun)
-            for frame in tun.read_batch(16):
-                parsed = parse(frame)
+            for packet in read_waiting(tun):
+                parsed = parse(packet)
                 if isinstance(parsed, Parsed) and parsed.proto == 1:
                     seen = parsed
         ping.wait(timeout=5)
     assert seen is not None and str(ipaddress.IPv4Address(seen.dst)) == VIP
-
-
-def test_offload_frames_carry_a_vnet_header(netns_pool: NetnsPool) -> None:
-    ns = netns_pool.new()
-    with ns.entered(), LinuxTun("ttun0", offload=True) as tun:
-        assert tun.offload
-        up(tun)
-        info = ns.ip_json("-d", "link", "show", "ttun0")[0]
-        assert info["linkinfo"]["info_data"]["vnet_hdr"] is True
-        with udp() as sender, udp() as app:
-            sender.sendto(b"x" * 100, (VIP, 5302))
-            parsed, packet = read_udp(tun, 5302)
-            assert packet[parsed.payload_offset:] == b"x" * 100
-            app.bind(("100.64.0.1", 5303))
-            reply = build_udp4(int(ipaddress.IPv4Address(VIP)), 53, TUN_IP, 5303, b"gso-none")
-            assert tun.write(reply) is True  # default header: no offload
-            assert tun.write(reply, split_vnet(NO_OFFLOAD_HEADER + reply)[0]) is True
-            app.settimeout(2)
-            assert app.recv(100) == b"gso-none"
-            assert app.recv(100) == b"gso-none"
 
 
 def test_a_busy_name_is_a_clear_error(netns_pool: NetnsPool) -> None:
@@ -141,8 +125,8 @@ def test_missing_cap_net_admin_is_explained(netns_pool: NetnsPool) -> None:
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv is missing (apt-get install util-linux)")
     ns = netns_pool.new()
-    code = ("from tunneler.tun.device import LinuxTun, TunError\ntry:\n    LinuxTun('ttun0')\n"
-            "except TunError as exc:\n    print(exc)\n")
+    code = ("from tunneler.errors import TunError\nfrom tunneler.tun.device import LinuxTun\n"
+            "try:\n    LinuxTun('ttun0')\nexcept TunError as exc:\n    print(exc)\n")
     out = ns.run(["setpriv", "--bounding-set=-net_admin", "--", sys.executable, "-c", code]).stdout
     assert "run as root or grant CAP_NET_ADMIN" in out
 

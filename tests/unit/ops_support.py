@@ -1,15 +1,18 @@
 """A small in-test `DaemonView` for the ops layer's tests (the real one is the daemon's).
 
 `SampleView` holds real `Stats` and builds its snapshots from plain attributes the test sets
-(`router_up`, `services_loaded`, ...), so each test states the daemon state it needs.
+(`router_up`, `services_loaded`, ...), so each test states the daemon state it needs. DNS
+outcomes come from the engine's responder in a real daemon, so here from `dns_counts`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from tunneler import __version__, log
 from tunneler.ops.snapshot import (
+    Counters,
     DnsStatus,
     IdentityStatus,
     InterceptRow,
@@ -31,6 +34,7 @@ class SampleView:
     refreshes: int = 0
     log_levels: list[str] = field(default_factory=list)
     uptime_s: float = 3723.0
+    dns_counts: dict[str, int] = field(default_factory=dict)
 
     def intercepts(self) -> list[InterceptRow]:
         return [InterceptRow(**{**r.__dict__,
@@ -47,8 +51,12 @@ class SampleView:
                                   1.25 if self.router_up else None, "tls://localhost:3022"),),
             tun=TunStatus("tunneler0", True, True, 3),
             dns=DnsStatus("100.64.0.2", "resolv.conf", self.dns_applied, ("10.0.0.53",)),
-            counters=self.stats.snapshot(PoolUsage(size=65534, used=len(self.rows))),
+            counters=self._counters(),
         )
+
+    def _counters(self) -> Counters:
+        counters = self.stats.snapshot(PoolUsage(size=65534, used=len(self.rows)))
+        return dataclasses.replace(counters, dns={**counters.dns, **self.dns_counts})
 
     async def refresh(self) -> dict[str, int]:
         self.refreshes += 1

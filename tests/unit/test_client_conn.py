@@ -14,18 +14,11 @@ import pytest
 
 from tests.unit.link_support import RecordingLink, as_link
 from tunneler.channel.message import REPLY_FOR_HEADER, Message
-from tunneler.client.conn import (
-    MAX_CHUNK,
-    ConnState,
-    EdgeConnection,
-    InvalidSessionError,
-    dial,
-    is_invalid_session,
-)
+from tunneler.client.conn import MAX_CHUNK, ConnState, EdgeConnection, dial, is_invalid_session
 from tunneler.client.listener import EdgeListener, IncomingDial
 from tunneler.edge import crypto
 from tunneler.edge import messages as edge
-from tunneler.errors import DialError
+from tunneler.errors import DialError, InvalidSessionError
 
 
 class Sink:

@@ -15,9 +15,10 @@ from cryptography.x509.oid import NameOID
 from tunneler.channel.connection import ChannelConnection, MessageReceived
 from tunneler.channel.message import CONTENT_TYPE_HELLO, Message
 from tunneler.client import link as link_module
-from tunneler.client.link import HelloRejected, RouterLink
+from tunneler.client.link import RouterLink
 from tunneler.controller import pki
 from tunneler.edge import messages as edge
+from tunneler.errors import HelloRejected
 from tunneler.identity import Identity
 
 

@@ -83,7 +83,8 @@ def test_mutated_packets_through_parse_nat_and_builders(
             assert_emitted_ok(reply)
     nat = TcpNat(T_INT, N_INT, L)
     before = len(buf)
-    result = nat.translate(buf, parsed, 0.0)
+    translate = nat.inbound if nat.is_inbound(parsed) else nat.outbound  # as the engine does
+    result = translate(buf, parsed, 0.0)
     assert result is None or isinstance(result, NatDrop)
     if result is None:
         assert len(buf) == before

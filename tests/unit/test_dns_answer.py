@@ -12,13 +12,13 @@ from tunneler.dns.answer import (
     DnsResponder,
     Drop,
     Forward,
-    MalformedMessage,
     Reply,
     check_upstream_reply,
     read_name,
     servfail_for,
 )
 from tunneler.dns.pool import VipPool
+from tunneler.errors import MalformedMessage
 
 VIP_NET = ip_network("100.64.0.0/10")
 

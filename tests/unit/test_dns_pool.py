@@ -7,7 +7,8 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from tunneler.dns.pool import PoolExhausted, VipPool, WildcardQuotaExceeded
+from tunneler.dns.pool import VipPool
+from tunneler.errors import PoolExhausted, WildcardQuotaExceeded
 
 
 def test_default_range_layout() -> None:

@@ -129,8 +129,8 @@ def test_malformed_queries_are_dropped_and_counted() -> None:
             await kernel.send(bytes(IP(src=TUN_IP, dst=DNS_IP) / UDP(sport=40000, dport=53)
                                     / b"\x01"))
             assert await kernel.nothing()
-            assert engine.stats.counters["dns_dropped_malformed"] == 1
-            assert engine.stats.counters["dns_dropped_short_header"] == 1
+            assert engine.responder.counters["malformed"] == 1
+            assert engine.responder.counters["short_header"] == 1
             await kernel.send(query("llm.private.test"))
             assert answer_of(await kernel.recv()).ancount == 1
 

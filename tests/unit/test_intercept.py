@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 import pytest
 
+from tunneler.configs import INTERCEPT_V1, parse_intercept
 from tunneler.errors import ConfigError
 from tunneler.intercept import (
     FlowAddresses,
@@ -17,6 +19,11 @@ from tunneler.intercept import (
     build_app_data,
     expand_template,
 )
+
+
+def from_json(service: str, config: Mapping[str, Any]) -> Intercept:
+    """An ``intercept.v1`` JSON object the way the engine's policy builds it."""
+    return Intercept.from_config(service, parse_intercept(config, f"{service}.{INTERCEPT_V1}"))
 
 
 def icpt(
@@ -32,7 +39,7 @@ def icpt(
         "portRanges": [{"low": low, "high": high} for low, high in ranges],
         **extra,
     }
-    return Intercept.from_intercept_v1(service, config)
+    return from_json(service, config)
 
 
 # ziti-tunnel-sdk-c lib/ziti-tunnel/tests/address_test.cpp, as data: the intercepts are added
@@ -278,7 +285,7 @@ BAD_CONFIGS: list[dict[str, Any]] = [
 @pytest.mark.parametrize("config", BAD_CONFIGS)
 def test_bad_configs_are_rejected(config: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
-        Intercept.from_intercept_v1("svc", config)
+        from_json("svc", config)
 
 
 FLOW = FlowAddresses("tcp", "100.64.0.1", 53618, "100.64.0.10", 443, "llm.private.test")

@@ -1,12 +1,20 @@
-"""RS256 enrollment JWTs: round trip, tampering, expiry, algorithm confusion, bad syntax."""
+"""RS256 JWTs: round trip, tampering, expiry, algorithm confusion, bad syntax; the clock
+checks against PyJWT's own with its clock frozen."""
 
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import functools
+import itertools
 import json
+from collections.abc import Callable
+from typing import Any
 
+import jwt as pyjwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt import api_jwt
 
 from tunneler import jwt
 from tunneler.errors import EnrollmentError
@@ -87,3 +95,65 @@ def test_non_numeric_exp_is_refused() -> None:
 def test_malformed_tokens(token: str) -> None:
     with pytest.raises(EnrollmentError, match="malformed"):
         jwt.verify(token, KEY.public_key(), now=NOW)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), True, "1700000000", [1]])
+def test_exp_and_nbf_must_be_finite_numbers(value: object) -> None:
+    for name in ("exp", "nbf"):
+        token = jwt.encode({**CLAIMS, name: value}, KEY)
+        with pytest.raises(EnrollmentError, match="number"):
+            jwt.verify(token, KEY.public_key(), now=NOW)
+
+
+def test_audience_may_be_one_of_several() -> None:
+    token = jwt.encode({**CLAIMS, "aud": ["native"]}, KEY)
+    assert jwt.verify(token, KEY.public_key(), now=NOW, audience=("openziti", "native"))
+    with pytest.raises(EnrollmentError, match=r"[Aa]udience"):
+        jwt.verify(token, KEY.public_key(), now=NOW, audience="openziti")
+
+
+# ---- the clock checks, differential against PyJWT ---------------------------------------------
+# PyJWT reads the wall clock, so `jwt` checks exp/nbf itself against `now` (module docstring).
+# Here PyJWT's clock is frozen at each `now` and both must reach the same verdict.
+
+OFFSETS = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0)  # exp/nbf around NOW, a fractional one included
+NOWS = (-61.0, -60.5, -60.0, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 60.0, 60.5, 61.0,
+        62.5)
+
+
+def _verdict(check: Callable[[], Any]) -> str:
+    try:
+        check()
+    except (pyjwt.ExpiredSignatureError, pyjwt.ImmatureSignatureError) as exc:
+        return "expired" if isinstance(exc, pyjwt.ExpiredSignatureError) else "not yet"
+    except EnrollmentError as exc:
+        return {jwt.EXPIRED: "expired", "JWT is not valid yet": "not yet"}[str(exc)]
+    return "valid"
+
+
+def test_clock_checks_agree_with_pyjwt(monkeypatch: pytest.MonkeyPatch) -> None:
+    frozen: list[float] = [NOW]
+
+    class FrozenDatetime(dt.datetime):
+        @classmethod
+        def now(cls, tz: dt.tzinfo | None = None) -> FrozenDatetime:
+            return cls.fromtimestamp(frozen[0], tz)
+
+    monkeypatch.setattr(api_jwt, "datetime", FrozenDatetime)
+    public = KEY.public_key()
+    verdicts: list[str] = []
+    for exp, nbf in itertools.product((None, *OFFSETS), repeat=2):
+        claims = {"sub": "id1", **({} if exp is None else {"exp": NOW + exp}),
+                  **({} if nbf is None else {"nbf": NOW + nbf})}
+        token = jwt.encode(claims, KEY)
+        for leeway, now in itertools.product((0.0, 1.0, 60.0), NOWS):
+            frozen[0] = NOW + now
+            theirs = _verdict(functools.partial(pyjwt.decode, token, public, leeway=leeway,
+                                                algorithms=["RS256"],
+                                                options={"verify_iat": False}))
+            ours = _verdict(functools.partial(jwt.verify, token, public, now=NOW + now,
+                                              required=(), leeway=leeway))
+            assert ours == theirs, (claims, leeway, now)
+            verdicts.append(ours)
+    assert len(verdicts) == 49 * 3 * len(NOWS)
+    assert set(verdicts) == {"valid", "expired", "not yet"}

@@ -5,14 +5,18 @@
 - Only `tunneler/tun` talks to the kernel's network configuration (fcntl ioctls, netlink);
   subprocesses are run only where a system tool is the interface (`dns/system`, the demo).
 - The top-level asset folders hold no Python; every module says what it is for.
+- Every exception class is defined in `errors.py`, which draws the hierarchy.
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 from pathlib import Path
 
 import pytest
+
+from tunneler import errors
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "tunneler"
@@ -84,6 +88,24 @@ def test_no_shell_anywhere() -> None:
                     isinstance(node.value, ast.Name) and node.value.id == "os":
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} os.{node.attr}")
     assert offenders == []
+
+
+def test_exception_classes_live_in_errors_py() -> None:
+    """One home for the hierarchy (errors.py draws it): no module defines its own exception."""
+    exceptions = {name for name, value in vars(builtins).items()
+                  if isinstance(value, type) and issubclass(value, BaseException)}
+    exceptions |= {name for name, value in vars(errors).items()
+                   if isinstance(value, type) and issubclass(value, BaseException)}
+    offenders = []
+    for path in _modules():
+        if path == PACKAGE / "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            bases = [b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", "")
+                     for b in node.bases] if isinstance(node, ast.ClassDef) else []
+            if any(base in exceptions for base in bases):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert offenders == [], offenders
 
 
 # ---- import direction (issue 10, item 6) ------------------------------------------------------

@@ -22,7 +22,7 @@ from structlog.testing import capture_logs
 
 from tunneler.cli import main as cli
 from tunneler.controller import pki
-from tunneler.errors import ConfigError
+from tunneler.errors import ConfigError, InvalidRequest
 from tunneler.llmstub import chat
 from tunneler.llmstub.server import MAX_BODY_BYTES, LlmStub, server_ssl_context
 
@@ -105,7 +105,7 @@ def test_reply_length_is_capped() -> None:
     (body(model=""), "model", "non-empty string"),
 ])
 def test_invalid_requests_name_the_problem(raw: bytes, param: str | None, fragment: str) -> None:
-    with pytest.raises(chat.InvalidRequest) as info:
+    with pytest.raises(InvalidRequest) as info:
         chat.parse_chat_request(raw)
     assert info.value.param == param
     assert fragment in info.value.message
@@ -113,7 +113,7 @@ def test_invalid_requests_name_the_problem(raw: bytes, param: str | None, fragme
 
 def test_too_many_messages_refused() -> None:
     raw = json.dumps({"messages": [USER] * (chat.MAX_MESSAGES + 1)}).encode()
-    with pytest.raises(chat.InvalidRequest, match="more than"):
+    with pytest.raises(InvalidRequest, match="more than"):
         chat.parse_chat_request(raw)
 
 

@@ -47,13 +47,14 @@ def checked(packet: bytearray) -> IP:
 
 def send_out(nat: TcpNat, sport: int, flags: str, now: float, payload: bytes = b"") -> IP | NatDrop:
     packet = segment(T, sport, VIP, 443, flags, payload)
-    result = nat.translate(packet, parsed_of(packet), now)
+    result = nat.outbound(packet, parsed_of(packet), now)
     return result if result is not None else checked(packet)
 
 
 def send_in(nat: TcpNat, nat_port: int, flags: str, now: float) -> IP | NatDrop:
     packet = segment(T, L, N, nat_port, flags, b"reply")
-    result = nat.translate(packet, parsed_of(packet), now)
+    assert nat.is_inbound(parsed_of(packet))
+    result = nat.inbound(packet, parsed_of(packet), now)
     return result if result is not None else checked(packet)
 
 
@@ -63,7 +64,7 @@ def test_round_trip_rewrites_both_directions() -> None:
     assert isinstance(out, IP)
     assert (out.src, out.dst, out[TCP].dport) == (N, T, L)
     nat_port = out[TCP].sport
-    assert nat.original_destination(nat_port) == OriginalDestination(T_INT, 40000, VIP_INT, 443)
+    assert nat.state(nat_port) is FlowState.SYN
     back = send_in(nat, nat_port, "SA", 0.1)
     assert isinstance(back, IP)
     assert (back.src, back[TCP].sport, back.dst, back[TCP].dport) == (VIP, 443, T, 40000)
@@ -80,10 +81,10 @@ def test_many_random_flows_keep_valid_checksums() -> None:
         src = str(IPv4Address(rng.getrandbits(32)))
         dst = str(IPv4Address(rng.getrandbits(32)))
         packet = segment(src, rng.randrange(1, 65536), dst, rng.randrange(1, 65536), "S")
-        assert nat.translate(packet, parsed_of(packet), 0.0) is None
+        assert nat.outbound(packet, parsed_of(packet), 0.0) is None
         decoded = checked(packet)
         reply = segment(T, L, N, decoded[TCP].sport, "SA", rng.randbytes(rng.randrange(50)))
-        assert nat.translate(reply, parsed_of(reply), 0.0) is None
+        assert nat.inbound(reply, parsed_of(reply), 0.0) is None
         assert (checked(reply).src, checked(reply).dst) == (dst, src)
 
 
@@ -110,7 +111,6 @@ def test_reply_for_unknown_port_is_dropped() -> None:
 def test_non_tcp4_is_refused() -> None:
     nat = make_nat()
     packet = bytearray(bytes(IP(src=T, dst=VIP) / UDP(sport=1, dport=2)))
-    assert nat.translate(packet, parsed_of(packet), 0.0) is NatDrop.NOT_TCP4
     assert nat.outbound(packet, parsed_of(packet), 0.0) is NatDrop.NOT_TCP4
     assert nat.inbound(packet, parsed_of(packet), 0.0) is NatDrop.NOT_TCP4
 
@@ -121,7 +121,7 @@ def test_syn_flow_expires_after_syn_timeout() -> None:
     assert isinstance(out, IP)
     assert nat.expire(109.9) == []
     assert nat.expire(110.0) == [out[TCP].sport]
-    assert nat.original_destination(out[TCP].sport) is None
+    assert nat.state(out[TCP].sport) is None
     assert send_out(nat, 40000, "A", 110.1) is NatDrop.NO_FLOW
 
 
@@ -196,7 +196,7 @@ def test_new_syn_on_closed_tuple_opens_a_fresh_flow() -> None:
     assert again != first
     assert nat.state(first) is FlowState.CLOSED
     nat.expire(61.0)  # the old entry goes; the new one keeps its tuple
-    assert nat.original_destination(again) is not None
+    assert nat.state(again) is FlowState.OPEN
     assert isinstance(send_out(nat, 40000, "A", 62.0), IP)
 
 
@@ -206,7 +206,7 @@ def test_cap_refuses_newest_and_counts() -> None:
     assert len(set(ports)) == 3
     assert send_out(nat, 41000, "S", 0.0) is NatDrop.TABLE_FULL
     assert nat.drops[NatDrop.TABLE_FULL] == 1
-    assert all(nat.original_destination(p) is not None for p in ports)
+    assert all(nat.state(p) is FlowState.OPEN for p in ports)
 
 
 def test_bad_port_range_is_rejected() -> None:
@@ -241,7 +241,7 @@ def test_rewrite_respects_ip_options() -> None:
     nat = make_nat()
     wire = IP(src=T, dst=VIP, options=[b"\x01\x01\x01\x00"]) / TCP(sport=4, dport=443, flags="S")
     packet = bytearray(bytes(wire))
-    assert nat.translate(packet, parsed_of(packet), 0.0) is None
+    assert nat.outbound(packet, parsed_of(packet), 0.0) is None
     decoded = checked(packet)
     assert (decoded.src, decoded.dst, decoded[TCP].dport) == (N, T, L)
     assert bytes(packet[20:24]) == b"\x01\x01\x01\x00"

@@ -10,7 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tunneler import oidctokens
 from tunneler.controller import oidc_flow
-from tunneler.controller.oidc_flow import AuthFlow, OidcError
+from tunneler.controller.oidc_flow import AuthFlow
+from tunneler.errors import OidcError, TokenError
 
 KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 OTHER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -110,7 +111,7 @@ def test_access_tokens_carry_ziti_claims_and_verify() -> None:
 ])
 def test_wrong_type_key_or_time_is_refused(token: str, kind: str, now: float,
                                            expired: bool) -> None:
-    with pytest.raises(oidctokens.TokenError) as info:
+    with pytest.raises(TokenError) as info:
         oidctokens.verify(token, KEY.public_key(), token_type=kind, now=now)
     assert info.value.expired is expired
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from ops_support import SampleView, llm_rows
 
+from tunneler.errors import ControlError
 from tunneler.ops import control
-from tunneler.ops.control import ControlError, ControlServer, dispatch
+from tunneler.ops.control import ControlServer, dispatch
 
 NOBODY = 65534
 

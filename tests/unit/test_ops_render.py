@@ -33,7 +33,7 @@ def busy_view() -> SampleView:
     view.stats.dial_succeeded("llm", 0.02)
     view.stats.dial_failed("models-wildcard-service-with-a-long-name", "timeout",
                            "dial 'models' timed out after 5s")
-    view.stats.dns_query("answered")
+    view.dns_counts["answered"] = 1
     view.stats.packet_dropped("malformed")
     view.stats.buffer_level("flow_send", 65536)
     view.stats.buffer_level("flow_send", 1024)
@@ -81,7 +81,7 @@ def test_stats_counts_and_keeps_high_water() -> None:
     assert counters.flows.bytes_up == 1500
     assert counters.services["llm"].bytes_down == 3 * 1024 * 1024
     assert counters.dial_failures == {"timeout": 1}
-    assert counters.dns["answered"] == 1
+    assert counters.dns == {"answered": 1, "forwarded": 0, "refused": 0, "dropped": 0}
     assert counters.buffer_high_water == {"flow_send": 65536}
     assert counters.dial_latency.count == 1
     assert sum(counters.dial_latency.counts) == 1

@@ -111,7 +111,7 @@ def test_http_endpoints_and_notify_follow_readiness(
     view.stats.add_bytes("llm", up=100, down=2000)
     view.stats.dial_succeeded("llm", 0.03)
     view.stats.dial_failed("llm", "timeout")
-    view.stats.dns_query("answered")
+    view.dns_counts["answered"] = 1
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     config = OpsConfig(tmp_path / "ctl.sock", None, f"127.0.0.1:{port}")

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from tunneler.dns.system import install_resolv_conf
+from tunneler.errors import JournalError
 from tunneler.hostconfig.cleanup import recover, rollback, start_journal, undo
 from tunneler.journal import (
     Journal,
-    JournalError,
     JournalState,
     Step,
     decode,

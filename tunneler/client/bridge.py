@@ -26,12 +26,12 @@ from tunneler.client.conn import EdgeConnection
 from tunneler.client.targets import IPAddress
 from tunneler.errors import DialError
 from tunneler.log import get_logger
+from tunneler.nat import UDP_IDLE_TIMEOUT
 
 log = get_logger("bridge")
 
 LOCAL_HIGH_WATER = 1024 * 1024
 LOCAL_LOW_WATER = 256 * 1024
-UDP_IDLE_TIMEOUT = 30.0
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 

@@ -25,7 +25,7 @@ from tunneler.channel.message import REPLY_FOR_HEADER, Message
 from tunneler.client.link import LinkHandler, RouterLink
 from tunneler.edge import crypto
 from tunneler.edge import messages as edge
-from tunneler.errors import CryptoError, DialError
+from tunneler.errors import CryptoError, DialError, InvalidSessionError
 from tunneler.log import get_logger
 
 log = get_logger("conn")
@@ -33,10 +33,6 @@ log = get_logger("conn")
 MAX_CHUNK = 64 * 1024
 DIAL_TIMEOUT = 10.0
 ACCEPT_TIMEOUT = 10.0
-
-
-class InvalidSessionError(DialError):
-    """The router refused the session token ("Invalid Session" or a prefix): get a new one."""
 
 
 class EdgeSink(Protocol):

@@ -31,7 +31,7 @@ from typing import Any
 
 from tunneler.client.backoff import Backoff
 from tunneler.client.cache import CachedState, ServiceCache, cache_path
-from tunneler.client.conn import DIAL_TIMEOUT, EdgeConnection, EdgeSink, InvalidSessionError, dial
+from tunneler.client.conn import DIAL_TIMEOUT, EdgeConnection, EdgeSink, dial
 from tunneler.client.ctrl import (
     UNAVAILABLE,
     ControllerClient,
@@ -39,12 +39,20 @@ from tunneler.client.ctrl import (
     ServiceInfo,
     SessionRef,
 )
-from tunneler.client.link import HelloRejected, RouterLink
+from tunneler.client.link import RouterLink
 from tunneler.client.listener import BindOptions, DialHandler, EdgeListener
 from tunneler.client.renewal import RETRY_CAP, Renewal, expiring, renewal_due
 from tunneler.client.services import ServiceChanges, diff_services
 from tunneler.edge.appdata import encode_app_data
-from tunneler.errors import CacheError, ControllerError, DialError, IdentityError, NotAuthorized
+from tunneler.errors import (
+    CacheError,
+    ControllerError,
+    DialError,
+    HelloRejected,
+    IdentityError,
+    InvalidSessionError,
+    NotAuthorized,
+)
 from tunneler.identity import Identity, load_identity
 from tunneler.log import get_logger
 

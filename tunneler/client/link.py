@@ -40,7 +40,7 @@ from tunneler.channel.message import (
     Message,
 )
 from tunneler.edge import messages as edge
-from tunneler.errors import DialError
+from tunneler.errors import DialError, HelloRejected
 from tunneler.log import get_logger
 
 log = get_logger("link")
@@ -54,10 +54,6 @@ WRITE_LOW_WATER = 1024 * 1024
 _EDGE_TYPES = range(edge.CONTENT_TYPE_CONNECT, edge.CONTENT_TYPE_UNBIND + 1)
 
 ReplyCallback = Callable[[Message | None], None]
-
-
-class HelloRejected(DialError):
-    """The router refused our API session token (expired, unknown after a restart, ...)."""
 
 
 class LinkHandler(Protocol):

@@ -20,7 +20,6 @@ from tunneler.client.conn import (
     ConnState,
     EdgeConnection,
     EdgeSink,
-    InvalidSessionError,
     accept_request,
     is_invalid_session,
 )
@@ -28,7 +27,7 @@ from tunneler.client.link import LinkHandler, RouterLink
 from tunneler.edge import crypto
 from tunneler.edge import messages as edge
 from tunneler.edge.appdata import decode_app_data
-from tunneler.errors import CryptoError, DialError
+from tunneler.errors import CryptoError, DialError, InvalidSessionError
 from tunneler.log import get_logger
 
 log = get_logger("listener")

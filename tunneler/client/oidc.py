@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import aiohttp
 
 from tunneler import __version__, jwt, oidctokens
-from tunneler.errors import ControllerError, NotAuthorized
+from tunneler.errors import ControllerError, NotAuthorized, TokenError
 
 CLIENT_ID = "openziti"
 REDIRECT_URI = "http://localhost:20314/auth/callback"
@@ -159,8 +159,8 @@ def _query_value(location: str, name: str) -> str:
 
 def _claims(token: str) -> dict[str, Any]:
     try:
-        _, claims = jwt.decode_unverified(token, error=oidctokens.TokenError)
-    except oidctokens.TokenError as exc:
+        _, claims = jwt.decode_unverified(token, error=TokenError)
+    except TokenError as exc:
         raise ControllerError("OIDC_TOKEN_INVALID", f"the access token is not a JWT: {exc}") \
             from exc
     return claims

@@ -23,7 +23,6 @@ from cryptography.x509.oid import NameOID
 from tunneler import oidctokens
 from tunneler.controller import pki, views
 from tunneler.controller.apierrors import (
-    ApiError,
     bad_request,
     challenge,
     error_response,
@@ -35,7 +34,7 @@ from tunneler.controller.models import ApiSession, Authenticator, Identity, Serv
 from tunneler.controller.oidc_api import OidcApi, OidcSettings
 from tunneler.controller.paging import page, parse_name_filter, wanted_config_types
 from tunneler.controller.store import Store
-from tunneler.errors import ConfigError, EnrollmentError
+from tunneler.errors import ApiError, ConfigError, EnrollmentError, TokenError
 from tunneler.handshake_guard import HandshakeGuard
 from tunneler.httpserver import HttpListener, json_response
 from tunneler.log import get_logger
@@ -206,7 +205,7 @@ class ControllerApi:
         try:
             claims = oidctokens.verify(token, oidc.key.public_key(),
                                        token_type=oidctokens.TYPE_ACCESS, now=self._clock())
-        except oidctokens.TokenError as exc:
+        except TokenError as exc:
             error = "expired" if exc.expired else "invalid"
             raise unauthorized(str(exc), challenges=(
                 challenge("Bearer", error, "token expired" if exc.expired

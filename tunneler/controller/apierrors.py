@@ -1,4 +1,4 @@
-"""Edge Client API errors: an exception carrying the OpenZiti error code and HTTP status."""
+"""Edge Client API errors: `ApiError` (errors.py) for each status, and its JSON envelope."""
 
 from __future__ import annotations
 
@@ -7,18 +7,7 @@ import json
 from aiohttp import web
 
 from tunneler.controller import views
-
-
-class ApiError(Exception):
-    """An API error answered with the OpenZiti error envelope."""
-
-    def __init__(self, status: int, code: str, message: str, *,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
+from tunneler.errors import ApiError
 
 
 def bad_request(code: str, message: str) -> ApiError:

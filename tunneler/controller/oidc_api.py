@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tunneler import oidctokens
 from tunneler.controller.models import ApiSession, Identity
-from tunneler.controller.oidc_flow import AuthFlow, AuthRequest, OidcError
+from tunneler.controller.oidc_flow import AuthFlow, AuthRequest
 from tunneler.controller.store import AUTH_OIDC, Store
+from tunneler.errors import OidcError, TokenError
 from tunneler.httpserver import json_response
 from tunneler.log import get_logger
 
@@ -169,7 +170,7 @@ class OidcApi:
             claims = oidctokens.verify(fields.get("refresh_token", ""),
                                        self._settings.key.public_key(),
                                        token_type=oidctokens.TYPE_REFRESH, now=self._clock())
-        except oidctokens.TokenError as exc:
+        except TokenError as exc:
             raise OidcError("invalid_grant", str(exc)) from exc
         session = self._store.api_session_by_id(claims.api_session_id)
         identity = self._store.identity_by_id(claims.identity_id)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from tunneler.errors import TunnelerError
+from tunneler.errors import OidcError
 from tunneler.oidctokens import CLIENT_IDS
 
 REQUEST_SECONDS = 300.0
@@ -38,15 +38,6 @@ CODE_SECONDS = 60.0
 MAX_PENDING = 1024
 MAX_PARAM = 512
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
-
-
-class OidcError(TunnelerError):
-    """An OAuth error: `code` is the RFC 6749 error code (invalid_request, invalid_grant...)."""
-
-    def __init__(self, code: str, description: str) -> None:
-        super().__init__(f"{code}: {description}")
-        self.code = code
-        self.description = description
 
 
 @dataclass(frozen=True)

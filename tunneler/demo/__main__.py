@@ -31,16 +31,13 @@ from tunneler.demo.scenario import (
     Scenario,
     signals_raise,
 )
+from tunneler.errors import DemoFailed, NetnsError
 
 TOOLS = {"ip": "iproute2", "nft": "nftables", "dig": "dnsutils", "curl": "curl"}
 PICTURE = f"""\
     app 198.18.10.1 ── {EDGE_APP_IP} edge 198.18.11.1 ── {LLM_IP} llm
     tunneler run        network serve (controller +    llm-stub :{LLM_PORT}, tunneler run-host,
     curl, openai        edge router), no forwarding    nftables: inbound dropped"""
-
-
-class DemoFailed(RuntimeError):
-    """A step did not show what it should; the message says what."""
 
 
 def step(number: int, title: str) -> None:
@@ -216,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     with signals_raise():
         try:
             run_steps(scenario)
-        except (DemoFailed, netns.NetnsError, subprocess.SubprocessError, OSError) as exc:
+        except (DemoFailed, NetnsError, subprocess.SubprocessError, OSError) as exc:
             failure = str(exc)
             _print_logs(scenario)
         except KeyboardInterrupt:

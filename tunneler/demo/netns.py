@@ -27,6 +27,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from tunneler.errors import NetnsError
+
 PREFIX = "tnl"
 NETNS_RUN = Path("/run/netns")
 NETNS_ETC = Path("/etc/netns")
@@ -45,10 +47,6 @@ table inet {NFT_TABLE} {{
 }}
 """
 _counter = itertools.count()
-
-
-class NetnsError(RuntimeError):
-    """A namespace command failed or a tool is missing; the message says which and why."""
 
 
 def run_checked(argv: Sequence[str], *, input_text: str | None = None,

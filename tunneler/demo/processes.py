@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from tunneler.demo.netns import Netns, NetnsError
+from tunneler.demo.netns import Netns
+from tunneler.errors import NetnsError
 
 WAIT_TIMEOUT = 40.0
 STOP_TIMEOUT = 15.0

@@ -43,7 +43,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
-from tunneler.dns.pool import PoolExhausted, VipPool
+from tunneler.dns.pool import VipPool
+from tunneler.errors import MalformedMessage, PoolExhausted
 
 MAX_QUERY = 4096
 MAX_POINTER_HOPS = 126
@@ -90,10 +91,6 @@ class Drop:
 
 
 Outcome = Reply | Forward | Drop
-
-
-class MalformedMessage(ValueError):
-    """A DNS message could not be decoded within the bounds."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,20 +32,12 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv4Interface
 
-from tunneler.errors import TunnelerError
+from tunneler.errors import PoolExhausted, WildcardQuotaExceeded
 
 DEFAULT_RANGE = "100.64.0.1/10"
 DEFAULT_QUARANTINE = 120.0
 DEFAULT_WILDCARD_QUOTA = 4096
 _MAX_PREFIX = 29
-
-
-class PoolExhausted(TunnelerError):
-    """No virtual IP is free (every address is in use or quarantined)."""
-
-
-class WildcardQuotaExceeded(PoolExhausted):
-    """A wildcard domain holds its quota of names and none can be evicted."""
 
 
 class _Entry:

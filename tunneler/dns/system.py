@@ -28,7 +28,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from tunneler.errors import TunnelerError
+from tunneler.errors import DnsSetupError
 from tunneler.journal import Journal, Step
 from tunneler.log import get_logger
 
@@ -49,10 +49,6 @@ POLKIT_HINT = ("; systemd-resolved takes link settings from a non-root daemon on
                "polkit: install polkitd and dns/polkit/50-tunneler-resolve1.rules as "
                "/etc/polkit-1/rules.d/50-tunneler-resolve1.rules, or run with --no-dns-config")
 SERVICE_MANAGER_VARIABLES = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
-
-
-class DnsSetupError(TunnelerError):
-    """The OS resolver could not be configured or restored."""
 
 
 class Method(enum.Enum):

@@ -1,14 +1,14 @@
 """The DNS server on the DNS IP: UDP from the packet path, TCP through the hairpin, forwarding.
 
-Queries go to the sans-IO ``DnsResponder``. ``Reply`` is sent back; ``Drop`` is counted
-(``dns_dropped_<reason>``); ``Forward`` goes to the upstream resolvers, each query from a fresh
-connected UDP socket (a random source port per query, so replies cannot be spoofed by guessing
-one), upstreams tried in order within ``Limits.dns_upstream_timeout`` (5 s) in total. An answer
-is relayed unchanged once ``check_upstream_reply`` accepted it (stray or mismatched datagrams
-are ignored); no answer gives SERVFAIL. A truncated UDP answer (TC set) is asked again over
-TCP, and a query that came over TCP is forwarded over TCP (RFC 7766), so large answers arrive
-whole. At most ``Limits.max_dns_in_flight`` (150) forwarded
-queries are in flight; beyond that the newest gets SERVFAIL at once (counted).
+Queries go to the sans-IO ``DnsResponder``, which counts each outcome. ``Reply`` is sent
+back; ``Drop`` gets no answer; ``Forward`` goes to the upstream resolvers, each query from a
+fresh connected UDP socket (a random source port per query, so replies cannot be spoofed by
+guessing one), upstreams tried in order within ``Limits.dns_upstream_timeout`` (5 s) in total.
+An answer is relayed unchanged once ``check_upstream_reply`` accepted it (stray or mismatched
+datagrams are ignored); no answer gives SERVFAIL. A truncated UDP answer (TC set) is asked
+again over TCP, and a query that came over TCP is forwarded over TCP (RFC 7766), so large
+answers arrive whole. At most ``Limits.max_dns_in_flight`` (150) forwarded queries are in
+flight; beyond that the newest gets SERVFAIL at once (counted).
 
 UDP answers become packets ``DNS_IP:53 -> client`` written into the TUN. DNS over TCP
 (``DnsTcpProtocol``) reads two-byte length-prefixed messages (buffer capped), answers each,
@@ -26,7 +26,6 @@ from typing import cast
 from tunneler.dns.answer import (
     MAX_QUERY,
     DnsResponder,
-    Drop,
     Forward,
     Outcome,
     Reply,
@@ -126,9 +125,7 @@ class DnsServer:
         outcome: Outcome = self.responder.handle(query, now)
         if isinstance(outcome, Reply):
             send(outcome.data)
-        elif isinstance(outcome, Drop):
-            self.stats.count(f"dns_dropped_{outcome.reason}")
-        elif isinstance(outcome, Forward):
+        elif isinstance(outcome, Forward):  # a Drop is counted by the responder, not answered
             self._forward(outcome.query, send, tcp)
 
     def _forward(self, query: bytes, send: Send, tcp: bool) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tunneler.nat import DEFAULT_MAX_TCP_FLOWS, DEFAULT_MAX_UDP_FLOWS
+from tunneler.nat import DEFAULT_MAX_TCP_FLOWS, DEFAULT_MAX_UDP_FLOWS, UDP_IDLE_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -17,6 +17,6 @@ class Limits:
     max_udp_flows: int = DEFAULT_MAX_UDP_FLOWS
     max_udp_queued: int = 64  # datagrams held per UDP flow while its dial is pending
     max_dns_in_flight: int = 150
-    udp_idle_timeout: float = 30.0
+    udp_idle_timeout: float = UDP_IDLE_TIMEOUT
     dns_upstream_timeout: float = 5.0
     drain_timeout: float = 5.0

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from tunneler.client.conn import EdgeConnection, EdgeSink
 from tunneler.client.ctrl import ServiceInfo
-from tunneler.configs import InterceptV1, intercept_of
+from tunneler.configs import DEFAULT_CONNECT_TIMEOUT, InterceptV1, intercept_of
 from tunneler.dns.pool import VipPool
 from tunneler.errors import ConfigError
 from tunneler.intercept import (
@@ -30,8 +30,6 @@ from tunneler.intercept import (
 from tunneler.log import get_logger
 
 log = get_logger("engine")
-
-DEFAULT_CONNECT_TIMEOUT = 5.0
 
 
 class DialContext(Protocol):
@@ -91,7 +89,7 @@ class Match:
 def _timeout(config: InterceptV1) -> float:
     options = config.dial_options
     if options is None or not options.connect_timeout_seconds:
-        return DEFAULT_CONNECT_TIMEOUT
+        return float(DEFAULT_CONNECT_TIMEOUT)
     return float(options.connect_timeout_seconds)
 
 

@@ -31,6 +31,7 @@ from tunneler.client.bridge import reset
 from tunneler.dns.pool import VipPool
 from tunneler.engine.bridge import InterceptBridge
 from tunneler.engine.dialer import FlowInterceptor, dial_flow
+from tunneler.engine.dnsserver import DNS_PORT
 from tunneler.engine.limits import Limits
 from tunneler.engine.policy import InterceptPolicy, Match
 from tunneler.engine.stats import Stats
@@ -40,7 +41,6 @@ from tunneler.ops import stats as ops_stats
 from tunneler.packet.build import build_tcp_rst
 from tunneler.packet.parse import TCP_ACK, TCP_RST, TCP_SYN, DropReason, Parsed, parse
 
-DNS_PORT = 53
 LISTEN_BACKLOG = 1024
 IP_FREEBIND = 15  # linux/in.h
 _PORT = struct.Struct("!H")

@@ -15,15 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tunneler.dns import system
-from tunneler.errors import TunnelerError
-from tunneler.journal import (
-    DEFAULT_RUNTIME_DIR,
-    Journal,
-    JournalError,
-    Step,
-    journal_path,
-    owner_alive,
-)
+from tunneler.errors import JournalError, TunnelerError
+from tunneler.journal import DEFAULT_RUNTIME_DIR, Journal, Step, journal_path, owner_alive
 from tunneler.journal import load as load_journal
 from tunneler.log import get_logger
 from tunneler.tun import routes

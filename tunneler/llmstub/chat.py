@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from tunneler.errors import InvalidRequest
+
 MODEL_ID = "tunneler-demo"
 OWNED_BY = "tunneler"
 REPLY_SENTENCE = "This reply comes from the tunneler demo model."
@@ -24,15 +26,6 @@ MAX_MESSAGES = 1024
 
 _TOKEN = re.compile(r"\s*\S+")
 SSE_DONE = b"data: [DONE]\n\n"
-
-
-class InvalidRequest(ValueError):
-    """The request cannot be served; `param` names the offending field (OpenAI style)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
 
 
 @dataclass(frozen=True)

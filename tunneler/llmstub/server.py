@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from tunneler import aio
-from tunneler.errors import ConfigError
+from tunneler.errors import ConfigError, InvalidRequest
 from tunneler.httpserver import HttpListener, json_response
 from tunneler.llmstub import chat
 from tunneler.log import get_logger
@@ -149,7 +149,7 @@ class LlmStub:
         """`POST /v1/chat/completions`."""
         try:
             parsed = chat.parse_chat_request(await request.read())
-        except chat.InvalidRequest as exc:
+        except InvalidRequest as exc:
             log.info("llmstub.request_rejected", reason=exc.message, param=exc.param)
             return _error(400, exc.message, param=exc.param)
         reply = chat.generate(parsed)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tunneler.errors import ControlError
 from tunneler.ops import control
 from tunneler.ops.render import render_intercepts, render_json, render_status, status_json
 from tunneler.ops.snapshot import InterceptRow, Status, from_json, problems
@@ -28,7 +29,7 @@ def _decode(cls: type[Any], data: Any) -> Any:
     try:
         return from_json(cls, data)
     except ValueError as exc:
-        raise control.ControlError(f"unexpected answer from the daemon: {exc}") from None
+        raise ControlError(f"unexpected answer from the daemon: {exc}") from None
 
 
 def _width() -> int:
@@ -40,7 +41,7 @@ def cmd_intercepts(args: argparse.Namespace) -> int:
     data = _ask(args, "intercepts")
     raw = data.get("intercepts") if isinstance(data, dict) else None
     if not isinstance(raw, list):
-        raise control.ControlError("unexpected answer from the daemon: no intercept list")
+        raise ControlError("unexpected answer from the daemon: no intercept list")
     rows = [_decode(InterceptRow, item) for item in raw]
     print(render_json({"intercepts": rows}) if args.json else render_intercepts(rows, _width()))
     return 0
@@ -50,11 +51,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     """`tunneler status [--json]`: exit 0 healthy, 1 unhealthy, 2 unreachable."""
     try:
         data = _ask(args, "status")
-    except control.ControlError as exc:
+    except ControlError as exc:
         print(f"tunneler: error: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     if not isinstance(data, dict):
-        raise control.ControlError("unexpected answer from the daemon: status is not an object")
+        raise ControlError("unexpected answer from the daemon: status is not an object")
     status: Status = _decode(Status, {k: v for k, v in data.items()
                                       if k not in ("healthy", "problems")})
     healthy = not problems(status)

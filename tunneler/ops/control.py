@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tunneler.errors import TunnelerError
+from tunneler.errors import ControlError, TunnelerError
 from tunneler.log import get_logger
 from tunneler.ops.options import DEFAULT_SOCKET
 from tunneler.ops.render import status_json
@@ -48,10 +48,6 @@ SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
 MAX_PEERGROUPS_BYTES = 1024   # CPython's getsockopt buffer limit
 
 Handler = Callable[[DaemonView, dict[str, Any]], Awaitable[Any]]
-
-
-class ControlError(TunnelerError):
-    """The control socket could not be reached, refused us, or answered with an error."""
 
 
 # ---- commands --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from tunneler.ops.snapshot import Counters, Histogram, PoolUsage, ServiceCounter
 
 MAX_LABELS = 256
 OTHER = "other"
+#: DNS is counted by the engine's responder; the daemon's view fills these in (zero in run-host)
 DNS_OUTCOMES = ("answered", "forwarded", "refused", "dropped")
 #: dial latency buckets in seconds (Prometheus convention: upper bounds, +Inf implied)
 DIAL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -57,7 +58,6 @@ class Stats:
 
     def __init__(self, buckets: tuple[float, ...] = DIAL_BUCKETS) -> None:
         self._services: dict[str, ServiceMeter] = {}
-        self.dns = dict.fromkeys(DNS_OUTCOMES, 0)
         self.dial_failures: dict[str, int] = {}
         self.packets_dropped: dict[str, int] = {}
         self.buffer_high_water: dict[str, int] = {}
@@ -110,12 +110,7 @@ class Stats:
         entry = self._services.get(service)
         return 0 if entry is None else entry.flows_active
 
-    # -- DNS, packets, buffers ------------------------------------------------------------
-    def dns_query(self, outcome: str) -> None:
-        """One DNS query `answered`, `forwarded`, `refused` or `dropped`."""
-        key = _label(self.dns, outcome)
-        self.dns[key] = self.dns.get(key, 0) + 1
-
+    # -- packets, buffers --------------------------------------------------------------------
     def packet_dropped(self, reason: str) -> None:
         key = _label(self.packets_dropped, reason)
         self.packets_dropped[key] = self.packets_dropped.get(key, 0) + 1
@@ -137,7 +132,7 @@ class Stats:
                                              "bytes_down")))
         latency = Histogram(self._bounds, tuple(self._buckets), self._latency_sum,
                             sum(self._buckets))
-        return Counters(flows=totals, services=services, dns=dict(self.dns),
+        return Counters(flows=totals, services=services, dns=dict.fromkeys(DNS_OUTCOMES, 0),
                         dial_failures=dict(self.dial_failures),
                         packets_dropped=dict(self.packets_dropped), dial_latency=latency,
                         vip_pool=vip_pool, buffer_high_water=dict(self.buffer_high_water))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tunneler import oidctokens
+from tunneler import jwt, oidctokens
 from tunneler.channel.connection import (
     ChannelEvent,
     MessageReceived,
@@ -29,14 +29,16 @@ from tunneler.channel.connection import (
 )
 from tunneler.channel.message import MAX_HEADERS_LEN, Message
 from tunneler.edge import messages as e
-from tunneler.errors import FrameError
+from tunneler.errors import FrameError, TokenError
 from tunneler.log import get_logger
 from tunneler.router.authority import ApiSessionInfo, RouterAuthority
 from tunneler.router.circuits import CircuitBook
 from tunneler.router.outbox import Outbox
 from tunneler.router.state import NUDGE_CONN_ID, ChannelSink, RouterChannel, RouterStats
 
-MAX_BODY_LEN = 1024 * 1024
+#: the router's body cap, below the channel decoder's 16 MiB `MAX_BODY_LEN` (clients send Data
+#: in chunks of at most 64 KiB, client/conn.py `MAX_CHUNK`)
+ROUTER_MAX_BODY_LEN = 1024 * 1024
 ROUTER_CAPABILITIES = b""  # big-endian bit mask (ziti common/capabilities); no bit is ours
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 log = get_logger("router")
@@ -55,7 +57,7 @@ class RouterCore:
     """Every channel of one router, and what happens when bytes arrive on them."""
 
     def __init__(self, authority: RouterAuthority, *, version: str,
-                 max_body_len: int = MAX_BODY_LEN, rng: random.Random | None = None,
+                 max_body_len: int = ROUTER_MAX_BODY_LEN, rng: random.Random | None = None,
                  token_key: rsa.RSAPublicKey | None = None,
                  wall_clock: Callable[[], float] | None = None) -> None:
         self._authority = authority
@@ -224,7 +226,7 @@ class RouterCore:
         try:
             claims = oidctokens.verify(token, self._token_key, token_type=oidctokens.TYPE_ACCESS,
                                        now=self._wall_clock())
-        except oidctokens.TokenError as exc:
+        except TokenError as exc:
             return None, str(exc), "expired_token" if exc.expired else "invalid_token"
         if ch.fingerprint not in claims.fingerprints:
             return None, "client certificate is not one the token was issued to", "cert_mismatch"
@@ -275,7 +277,7 @@ class RouterCore:
                 alive = self._authority.api_session_by_token(api.token) is not None
             else:
                 alive = self._authority.api_session_info(api.id) is not None
-                if alive and wall > ch.token_expires_at + oidctokens.LEEWAY_SECONDS:
+                if alive and jwt.expired(ch.token_expires_at, wall, oidctokens.LEEWAY_SECONDS):
                     log.warning("router.token_expired", channel=ch.id,
                                 identity=api.identity_name, expired_at=ch.token_expires_at)
                     self.close_channel(ch, "access token expired and was not updated")

@@ -1,17 +1,14 @@
 """TUN devices: the kernel one (`LinuxTun`) and an in-memory fake (`SocketPairTun`).
 
-Both satisfy `TunDevice`: a non-blocking file descriptor for ``loop.add_reader``,
-``read_batch(max_packets)`` that drains up to N packets per loop turn, ``read_into(buffer)``
-for a reused buffer, ``write(packet)``, ``fileno()`` and ``close()``. Only one task may read
-and write a device (concurrent access reorders packets, design.md §2).
+Both satisfy `TunDevice`: a non-blocking file descriptor (``fileno()``) for
+``loop.add_reader``, ``read_into(buffer)`` for one packet into a reused buffer,
+``write(packet)`` and ``close()``. Only one task may read and write a device (concurrent
+access reorders packets, design.md §2); the engine's ``TunPump`` drains up to a batch of
+packets per loop turn with ``read_into``.
 
 `LinuxTun` opens ``/dev/net/tun`` with ``TUNSETIFF`` (``IFF_TUN | IFF_NO_PI``) and never
 ``TUNSETPERSIST``: when the process dies the kernel deletes the device and every route through
-it (reliability.md §3.4). With ``offload=True`` it also sets ``IFF_VNET_HDR`` and
-``TUNSETOFFLOAD(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)``: every frame read or written then
-starts with a 10-byte `VnetHeader`, and the kernel may hand over up-to-64 KiB TSO
-super-packets. Frames are returned as read (header included); `split_vnet` separates them and
-``write`` prepends a header when offload is on.
+it (reliability.md §3.4).
 
 `SocketPairTun` wraps one end of ``socketpair(AF_UNIX, SOCK_SEQPACKET)`` (packet boundaries
 are preserved); tests play the kernel on ``peer``.
@@ -24,71 +21,21 @@ import fcntl
 import os
 import socket
 import struct
-from dataclasses import dataclass
 from typing import Protocol
 
-from tunneler.errors import TunnelerError
+from tunneler.errors import TunError
 from tunneler.log import get_logger
 
 log = get_logger("tun")
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
-TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000
-TUN_F_CSUM = 0x01
-TUN_F_TSO4 = 0x02
-TUN_F_TSO6 = 0x04
 IFNAMSIZ = 16
 
-VNET_HDR_LEN = 10
-VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
-VIRTIO_NET_HDR_GSO_NONE = 0
-VIRTIO_NET_HDR_GSO_TCPV4 = 1
-VIRTIO_NET_HDR_GSO_UDP = 3
-VIRTIO_NET_HDR_GSO_TCPV6 = 4
-
-MAX_FRAME = VNET_HDR_LEN + 65535  # largest IP packet plus the offload header
+MAX_FRAME = 65535  # the largest IP packet
 _IFREQ = struct.Struct("16sH22x")
-_VNET = struct.Struct("<BBHHHH")
-
-
-class TunError(TunnelerError):
-    """A TUN device could not be created or used; the message says how to fix it."""
-
-
-@dataclass(frozen=True, slots=True)
-class VnetHeader:
-    """The ``virtio_net_hdr`` that precedes each frame when offload is on (little-endian)."""
-
-    flags: int = 0
-    gso_type: int = VIRTIO_NET_HDR_GSO_NONE
-    hdr_len: int = 0
-    gso_size: int = 0
-    csum_start: int = 0
-    csum_offset: int = 0
-
-    def pack(self) -> bytes:
-        """The 10 wire bytes."""
-        return _VNET.pack(self.flags, self.gso_type, self.hdr_len, self.gso_size,
-                          self.csum_start, self.csum_offset)
-
-    @classmethod
-    def unpack(cls, data: bytes | bytearray | memoryview) -> VnetHeader:
-        """Parse the first 10 bytes of a frame; ValueError when it is shorter."""
-        if len(data) < VNET_HDR_LEN:
-            raise ValueError(f"frame of {len(data)} bytes is shorter than a virtio_net_hdr")
-        return cls(*_VNET.unpack_from(data))
-
-
-NO_OFFLOAD_HEADER = VnetHeader().pack()
-
-
-def split_vnet(frame: bytes | bytearray | memoryview) -> tuple[VnetHeader, memoryview]:
-    """Split an offload frame into its header and the IP packet (no copy)."""
-    return VnetHeader.unpack(frame), memoryview(frame)[VNET_HDR_LEN:]
 
 
 class TunDevice(Protocol):
@@ -97,32 +44,13 @@ class TunDevice(Protocol):
     @property
     def name(self) -> str: ...
 
-    @property
-    def offload(self) -> bool: ...  # frames carry a VnetHeader
-
     def fileno(self) -> int: ...
-
-    def read_batch(self, max_packets: int) -> list[bytes]: ...
 
     def read_into(self, buffer: bytearray | memoryview) -> int: ...
 
     def write(self, packet: bytes | bytearray | memoryview) -> bool: ...
 
     def close(self) -> None: ...
-
-
-def _read_batch(fd: int, max_packets: int, frame_size: int) -> list[bytes]:
-    """Read until the fd would block or ``max_packets`` are in hand."""
-    packets: list[bytes] = []
-    while len(packets) < max_packets:
-        try:
-            data = os.read(fd, frame_size)
-        except BlockingIOError:
-            break
-        if not data:
-            break
-        packets.append(data)
-    return packets
 
 
 def _read_into(fd: int, buffer: bytearray | memoryview) -> int:
@@ -133,10 +61,10 @@ def _read_into(fd: int, buffer: bytearray | memoryview) -> int:
         return 0
 
 
-def _write(fd: int, parts: list[bytes | bytearray | memoryview]) -> bool:
+def _write(fd: int, packet: bytes | bytearray | memoryview) -> bool:
     """Write one packet; False when the kernel queue is full (the packet is dropped)."""
     try:
-        os.writev(fd, parts)
+        os.write(fd, packet)
     except BlockingIOError:
         return False
     except OSError as exc:
@@ -171,51 +99,36 @@ def _open_error(exc: OSError, name: str) -> TunError:
 class LinuxTun:
     """A kernel TUN device owned by this process (never persistent)."""
 
-    def __init__(self, name: str = "tunneler0", *, offload: bool = False) -> None:
+    def __init__(self, name: str = "tunneler0") -> None:
         raw = _check_name(name)
-        flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
         try:
             fd = os.open(TUN_PATH, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
             raise _open_error(exc, name) from exc
         try:
-            result = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(raw, flags))
-            if offload:
-                fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6)
+            result = fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(raw, IFF_TUN | IFF_NO_PI))
             os.set_blocking(fd, False)
         except OSError as exc:
             os.close(fd)
             raise _open_error(exc, name) from exc
         self._fd = fd
         self._name = bytes(result[:IFNAMSIZ]).rstrip(b"\0").decode()
-        self._offload = offload
-        log.info("tun.device_opened", name=self._name, offload=offload)
+        log.info("tun.device_opened", name=self._name)
 
     @property
     def name(self) -> str:
         return self._name
 
-    @property
-    def offload(self) -> bool:
-        return self._offload
-
     def fileno(self) -> int:
         return self._fd
 
-    def read_batch(self, max_packets: int) -> list[bytes]:
-        """Up to ``max_packets`` frames (with their `VnetHeader` when offload is on)."""
-        return _read_batch(self._fd, max_packets, MAX_FRAME)
-
     def read_into(self, buffer: bytearray | memoryview) -> int:
-        """Read one frame into ``buffer`` (size it `MAX_FRAME`); 0 when none is waiting."""
+        """Read one packet into ``buffer`` (size it `MAX_FRAME`); 0 when none is waiting."""
         return _read_into(self._fd, buffer)
 
-    def write(self, packet: bytes | bytearray | memoryview,
-              header: VnetHeader | None = None) -> bool:
-        """Write one IP packet; with offload on, ``header`` (default: no offload) goes first."""
-        if not self._offload:
-            return _write(self._fd, [packet])
-        return _write(self._fd, [header.pack() if header else NO_OFFLOAD_HEADER, packet])
+    def write(self, packet: bytes | bytearray | memoryview) -> bool:
+        """Write one IP packet; False when the kernel queue is full (the packet is dropped)."""
+        return _write(self._fd, packet)
 
     def close(self) -> None:
         """Close the fd; the kernel deletes the device and its routes."""
@@ -246,21 +159,14 @@ class SocketPairTun:
     def name(self) -> str:
         return self._name
 
-    @property
-    def offload(self) -> bool:
-        return False
-
     def fileno(self) -> int:
         return self._sock.fileno()
-
-    def read_batch(self, max_packets: int) -> list[bytes]:
-        return _read_batch(self._sock.fileno(), max_packets, MAX_FRAME)
 
     def read_into(self, buffer: bytearray | memoryview) -> int:
         return _read_into(self._sock.fileno(), buffer)
 
     def write(self, packet: bytes | bytearray | memoryview) -> bool:
-        return _write(self._sock.fileno(), [packet])
+        return _write(self._sock.fileno(), packet)
 
     def close(self) -> None:
         """Close both ends."""

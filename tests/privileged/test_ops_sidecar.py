@@ -45,8 +45,10 @@ def test_sidecar_entrypoint_and_app_in_the_same_namespace(netns_pool: NetnsPool,
                                                stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
         deploy.wait_log("client", "daemon.ready", timeout=60)
 
-        assert sorted(p.name for p in identity_dir.iterdir()) == ["sidecar.json"]
-        assert (identity_dir / "sidecar.json").stat().st_mode & 0o777 == 0o600
+        assert sorted(p.name for p in identity_dir.iterdir()) == [
+            "sidecar.json", "sidecar.json.cache"]   # the identity and its service cache
+        for name in ("sidecar.json", "sidecar.json.cache"):
+            assert (identity_dir / name).stat().st_mode & 0o777 == 0o600
         resolv = pod.etc_file("resolv.conf").read_text().splitlines()
         assert resolv[0].startswith("# tunneler") and resolv[1] == "nameserver 100.64.0.2"
         assert resolv[2:] == POD_RESOLV.splitlines()       # the original, kept as upstream

@@ -110,6 +110,7 @@ class ZitiContext:
         self._routers: list[EdgeRouterRef] = []
         self._dial_sessions: dict[str, SessionRef] = {}
         self.bind_sessions: dict[str, SessionRef] = {}   # service id -> Bind session
+        self._sessions_of: str | None = None   # the API session those sessions belong to
         self._listeners: list[ServiceListener] = []
         self._last_change: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -193,6 +194,7 @@ class ZitiContext:
         self.services = dict(state.services)
         for (service_id, kind), session in state.sessions.items():
             (self._dial_sessions if kind == "Dial" else self.bind_sessions)[service_id] = session
+        self._sessions_of = state.api_session.id
         self.cached_at = state.saved_at
         self._contacted(error)
         log.warning("context.serving_cached_services", identity=self.name,
@@ -301,6 +303,18 @@ class ZitiContext:
         await self.persist()
         return changes
 
+    def sessions_checked(self) -> None:
+        """Forget the Dial and Bind sessions of an API session we no longer hold (a router
+        would answer "Invalid Session" to each, costing a round trip and a backoff)."""
+        current = self.ctrl.api_session.id if self.ctrl.api_session is not None else None
+        if current != self._sessions_of:
+            if self._dial_sessions or self.bind_sessions:
+                log.info("context.sessions_dropped", identity=self.name,
+                         dial=len(self._dial_sessions), bind=len(self.bind_sessions))
+            self._dial_sessions.clear()
+            self.bind_sessions.clear()
+            self._sessions_of = current
+
     def _start_prefetch(self) -> None:
         """After each answered refresh: fetch the Dial sessions still missing (one task)."""
         missing = any("Dial" in s.permissions and s.id not in self._dial_sessions
@@ -314,6 +328,7 @@ class ZitiContext:
         A service that fails is tried again after the next answered refresh."""
         dialable = [s for s in self.services.values() if "Dial" in s.permissions]
         for service in dialable[:PREFETCH_SESSIONS]:
+            self.sessions_checked()
             if service.id in self._dial_sessions:   # a dial made it meanwhile
                 continue
             try:
@@ -600,6 +615,7 @@ class ZitiContext:
         failed: set[str] = set()   # routers this dial failed through: the next attempt avoids them
         rejected = 0
         while True:
+            self.sessions_checked()
             session = self._dial_sessions.get(service.id)
             if session is None:
                 session = await self.ctrl.create_session(service.id, "Dial")
@@ -676,6 +692,7 @@ class Binding:
         """The service's Bind session, kept by the context (so it is cached with the rest)."""
         ctx = self.context
         async with self._session_lock:   # the per-router loops share one session
+            ctx.sessions_checked()
             session = ctx.bind_sessions.get(self.service.id)
             if session is None:
                 session = await ctx.ctrl.create_session(self.service.id, "Bind")

@@ -170,10 +170,11 @@ def test_parallel_flows_share_the_link(overlay: Overlay) -> None:
 
 
 def test_dial_to_unhosted_service_is_reset(overlay: Overlay) -> None:
-    with _connect(overlay, "nohost") as sock:
+    # The reset may beat a descheduled client's connect() or send() (a busy machine):
+    # wherever it lands, it is a reset, never an answer or a clean close.
+    with pytest.raises(ConnectionResetError), _connect(overlay, "nohost") as sock:
         sock.sendall(b"anyone there?")
-        with pytest.raises(ConnectionResetError):
-            sock.recv(100)
+        sock.recv(100)
     assert "proxy.dial_failed" in overlay.log("proxy")
 
 
@@ -181,8 +182,8 @@ def test_host_target_down_gives_reset_not_empty_answer(tmp_path: Path) -> None:
     overlay = build_overlay(tmp_path, [host_service("down", _closed_port())])
     try:
         port = overlay.proxy_ports["down"]
-        with socket.create_connection(("127.0.0.1", port), 10) as sock, \
-                pytest.raises(ConnectionResetError):
+        with pytest.raises(ConnectionResetError), \
+                socket.create_connection(("127.0.0.1", port), 10) as sock:   # see above
             sock.recv(100)
         assert "listener.dial_refused" in overlay.log("host")
     finally:

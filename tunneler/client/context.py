@@ -215,9 +215,8 @@ class ZitiContext:
             except ControllerError as exc:
                 log.info("context.start_failed", identity=self.name, error=str(exc))
         assert self.ctrl.api_session is not None
+        self.sessions_checked()   # those of the cached API session go if it was replaced
         if self.ctrl.api_session.id != cached:
-            self._dial_sessions.clear()
-            self.bind_sessions.clear()
             for link in list(self._links.values()):
                 link.close()
         self.cached_at = None

@@ -18,13 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from tunneler import __version__, aio
-from tunneler.client.bridge import (
+from tunneler.bridges import (
     DatagramBridge,
     StreamBridge,
     connect_datagram,
     connect_stream,
 )
-from tunneler.client.conn import EdgeSink
 from tunneler.client.context import Binding, ZitiContext
 from tunneler.client.ctrl import ServiceInfo
 from tunneler.client.listener import BindOptions, DialHandler, IncomingDial
@@ -40,6 +39,7 @@ from tunneler.ops.options import NO_OPS, OpsConfig
 from tunneler.ops.snapshot import InterceptRow, Status
 from tunneler.ops.stats import Stats, failure_reason
 from tunneler.ops.views import ContextsView
+from tunneler.overlay import OverlaySink
 
 log = get_logger("host")
 
@@ -174,7 +174,7 @@ def dial_handler(service_name: str, config: HostV1, stats: Stats | None = None, 
     counters = stats or Stats()
     meter = counters.meter(service_name)
 
-    async def on_dial(incoming: IncomingDial) -> EdgeSink:
+    async def on_dial(incoming: IncomingDial) -> OverlaySink:
         started = time.perf_counter()
         try:
             target = select_target(config, incoming.app_data)

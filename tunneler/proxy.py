@@ -15,7 +15,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from tunneler import aio
-from tunneler.client.bridge import StreamBridge, reset
+from tunneler.bridges import StreamBridge, reset
 from tunneler.client.context import ZitiContext
 from tunneler.client.ctrl import ServiceInfo
 from tunneler.client.services import config_or_warn

@@ -43,7 +43,7 @@ class _UdpEcho(socketserver.BaseRequestHandler):
 
 
 class _Collect:
-    """An EdgeSink that collects what arrives."""
+    """An OverlaySink that collects what arrives."""
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []

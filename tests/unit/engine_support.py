@@ -14,13 +14,13 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from tunneler.client.conn import EdgeConnection, EdgeSink
 from tunneler.client.ctrl import ServiceInfo
 from tunneler.dns.pool import VipPool
 from tunneler.engine.dnsserver import Upstream
 from tunneler.engine.engine import Engine
 from tunneler.engine.limits import Limits
 from tunneler.errors import DialError
+from tunneler.overlay import OverlayConnection, OverlaySink
 from tunneler.tun.device import SocketPairTun
 
 TUN_IP = "100.64.0.1"
@@ -50,10 +50,10 @@ class StaticContext:
     def name(self) -> str:
         return self._name
 
-    async def dial(self, service_name: str, sink: EdgeSink, *,
+    async def dial(self, service_name: str, sink: OverlaySink, *,
                    app_data: dict[str, str | int | None] | None = None,
                    terminator_identity: str | None = None,
-                   timeout: float = 5.0) -> EdgeConnection:
+                   timeout: float = 5.0) -> OverlayConnection:
         self.dials.append((service_name, app_data, timeout))
         self.terminators.append(terminator_identity)
         if self.gate is not None:

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from tunneler.client.bridge import StreamBridge
+from tunneler.bridges import StreamBridge
 from tunneler.client.listener import IncomingDial
 from tunneler.configs import parse_host
 from tunneler.errors import DialError

@@ -6,7 +6,7 @@ States::
     ACCEPTING  --StateConnected--> CONNECTED      (host side child, after DialSuccess)
     CONNECTING/ACCEPTING --StateClosed, timeout, link loss--> CLOSED
 
-Received bytes go to an `EdgeSink` (the local socket bridge) given at creation; the sink is told
+Received bytes go to an `OverlaySink` (the local socket bridge) given at creation; the sink is told
 `edge_connected` synchronously when the connection becomes CONNECTED, so Data that arrives in
 the same read already has somewhere to go. A sink that loses its local side calls `close()`;
 the peer then sees StateClosed without FIN, which it treats as abrupt (RST to its app).
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from typing import Protocol
 
 from tunneler.channel.message import REPLY_FOR_HEADER, Message
 from tunneler.client.link import LinkHandler, RouterLink
@@ -27,31 +26,13 @@ from tunneler.edge import crypto
 from tunneler.edge import messages as edge
 from tunneler.errors import CryptoError, DialError, InvalidSessionError
 from tunneler.log import get_logger
+from tunneler.overlay import OverlaySink
 
 log = get_logger("conn")
 
 MAX_CHUNK = 64 * 1024
 DIAL_TIMEOUT = 10.0
 ACCEPT_TIMEOUT = 10.0
-
-
-class EdgeSink(Protocol):
-    """The local side of a connection (a socket bridge)."""
-
-    def edge_connected(self, conn: EdgeConnection) -> None:
-        """The circuit is up: start reading the local side into `conn.write()`."""
-
-    def edge_data(self, data: bytes) -> None:
-        """Payload from the peer."""
-
-    def edge_eof(self) -> None:
-        """The peer half-closed (FIN): every byte has been delivered."""
-
-    def edge_closed(self, abrupt: bool) -> None:
-        """The connection is over: close gracefully, or reset the local side if `abrupt`."""
-
-    def set_link_writable(self, writable: bool) -> None:
-        """Pause (False) or resume (True) reading the local side (channel backpressure)."""
 
 
 class ConnState(enum.Enum):
@@ -71,7 +52,7 @@ def is_invalid_session(reason: str) -> bool:
 class EdgeConnection(LinkHandler):
     """One end of a circuit, registered on a link under its ConnId."""
 
-    def __init__(self, link: RouterLink, conn_id: int, sink: EdgeSink, *,
+    def __init__(self, link: RouterLink, conn_id: int, sink: OverlaySink, *,
                  state: ConnState = ConnState.CONNECTING) -> None:
         self.link = link
         self.conn_id = conn_id
@@ -82,6 +63,7 @@ class EdgeConnection(LinkHandler):
         self._decryptor: crypto.Decryptor | None = None
         self.sent_fin = False
         self.received_fin = False
+        self._paused = False
         link.register(conn_id, self)
 
     # -- becoming connected ----------------------------------------------------------------
@@ -122,8 +104,21 @@ class EdgeConnection(LinkHandler):
         if self.received_fin:
             self._finish(abrupt=False)
 
+    def pause(self) -> None:
+        """The sink is full: stop reading the link (every circuit on it) until `resume`."""
+        if not self._paused:
+            self._paused = True
+            self.link.pause_reading_for(self)
+
+    def resume(self) -> None:
+        """The sink drained (also done by `close`, so a closed circuit never holds the link)."""
+        if self._paused:
+            self._paused = False
+            self.link.resume_reading_for(self)
+
     def close(self) -> None:
         """Close now: StateClosed to the peer; the sink is not called back."""
+        self.resume()
         if self.state is ConnState.CLOSED:
             return
         self.state = ConnState.CLOSED
@@ -180,7 +175,7 @@ class EdgeConnection(LinkHandler):
 
 
 async def dial(link: RouterLink, conn_id: int, session_token: str, caller_id: str,
-               sink: EdgeSink, *, encrypted: bool, app_data: bytes | None = None,
+               sink: OverlaySink, *, encrypted: bool, app_data: bytes | None = None,
                terminator_identity: str | None = None,
                timeout: float = DIAL_TIMEOUT) -> EdgeConnection:
     """Connect to a service over `link` (openziti-protocol.md §3.5).

@@ -31,7 +31,7 @@ from typing import Any
 
 from tunneler.client.backoff import Backoff
 from tunneler.client.cache import CachedState, ServiceCache, cache_path
-from tunneler.client.conn import DIAL_TIMEOUT, EdgeConnection, EdgeSink, dial
+from tunneler.client.conn import DIAL_TIMEOUT, EdgeConnection, dial
 from tunneler.client.ctrl import (
     UNAVAILABLE,
     ControllerClient,
@@ -55,6 +55,7 @@ from tunneler.errors import (
 )
 from tunneler.identity import Identity, load_identity
 from tunneler.log import get_logger
+from tunneler.overlay import OverlaySink
 
 log = get_logger("context")
 
@@ -586,7 +587,7 @@ class ZitiContext:
             self._router_retry_at[link.url] = loop.time() + backoff.lost(loop.time())
 
     # -- dial ------------------------------------------------------------------------------
-    async def dial(self, service_name: str, sink: EdgeSink, *,
+    async def dial(self, service_name: str, sink: OverlaySink, *,
                    app_data: dict[str, str | int | None] | None = None,
                    terminator_identity: str | None = None,
                    timeout: float = DIAL_TIMEOUT) -> EdgeConnection:
@@ -604,7 +605,7 @@ class ZitiContext:
         except ControllerError as exc:
             raise DialError(f"dial {service_name!r}: controller: {exc}") from None
 
-    async def _dial(self, service_name: str, sink: EdgeSink,
+    async def _dial(self, service_name: str, sink: OverlaySink,
                     app_data: dict[str, str | int | None] | None,
                     terminator_identity: str | None, timeout: float) -> EdgeConnection:
         service = await self.service(service_name)

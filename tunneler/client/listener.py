@@ -1,7 +1,7 @@
 """A bound service on a router link: Bind, incoming Dials, child connections, Unbind.
 
 Legacy (libziti 0.29.3) mode, openziti-protocol.md §3.7: for each Dial the host first asks
-`on_dial` to reach the local target (it returns a connected `EdgeSink` or raises `DialError`),
+`on_dial` to reach the local target (it returns a connected `OverlaySink` or raises `DialError`),
 then answers DialSuccess (body = new child ConnId, as a reply to the Dial) and waits for the
 router's StateConnected (a reply to the DialSuccess) before the child sends its crypto header.
 On failure it answers DialFailed with the reason. Encrypted services use one key pair per
@@ -19,7 +19,6 @@ from tunneler.client.conn import (
     ACCEPT_TIMEOUT,
     ConnState,
     EdgeConnection,
-    EdgeSink,
     accept_request,
     is_invalid_session,
 )
@@ -29,6 +28,7 @@ from tunneler.edge import messages as edge
 from tunneler.edge.appdata import decode_app_data
 from tunneler.errors import CryptoError, DialError, InvalidSessionError
 from tunneler.log import get_logger
+from tunneler.overlay import OverlaySink
 
 log = get_logger("listener")
 
@@ -44,7 +44,7 @@ class IncomingDial:
     app_data: dict[str, str]
 
 
-DialHandler = Callable[[IncomingDial], Awaitable[EdgeSink]]
+DialHandler = Callable[[IncomingDial], Awaitable[OverlaySink]]
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 
-from tunneler.client.bridge import ByteMeter, StreamBridge, reset
+from tunneler.bridges import ByteMeter, StreamBridge, reset
 from tunneler.ops.stats import Stats
 
 HELD_HIGH_WATER = 256 * 1024

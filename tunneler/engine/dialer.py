@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 
-from tunneler.client.conn import EdgeSink
 from tunneler.dns.pool import VipPool
 from tunneler.engine.limits import Limits
 from tunneler.engine.policy import InterceptPolicy, Match
@@ -22,9 +21,10 @@ from tunneler.engine.tunreader import TunPump
 from tunneler.errors import TunnelerError
 from tunneler.nat import OriginalDestination
 from tunneler.ops import stats as ops_stats
+from tunneler.overlay import OverlaySink
 
 
-async def dial_flow(match: Match, sink: EdgeSink, proto: str, key: OriginalDestination,
+async def dial_flow(match: Match, sink: OverlaySink, proto: str, key: OriginalDestination,
                     stats: Stats, counters: ops_stats.Stats) -> bool:
     """Dial the service of ``match`` for flow ``key``; False (counted, logged) if it failed."""
     target = match.target

@@ -20,13 +20,14 @@ from tunneler.dns.answer import DnsResponder
 from tunneler.dns.pool import VipPool
 from tunneler.engine.dnsserver import DNS_PORT, DnsServer, Upstream
 from tunneler.engine.limits import Limits
-from tunneler.engine.policy import DialContext, InterceptPolicy
+from tunneler.engine.policy import InterceptPolicy
 from tunneler.engine.stats import Stats
 from tunneler.engine.tcp import TcpInterceptor
 from tunneler.engine.tunreader import TunPump
 from tunneler.engine.udp import UdpInterceptor
 from tunneler.log import get_logger
 from tunneler.ops import stats as ops_stats
+from tunneler.overlay import DialContext
 from tunneler.packet.parse import PROTO_TCP, PROTO_UDP, DropReason, Parsed, parse
 from tunneler.tun.device import TunDevice
 

@@ -13,10 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
-from typing import Protocol
 
-from tunneler.client.conn import EdgeConnection, EdgeSink
-from tunneler.client.ctrl import ServiceInfo
 from tunneler.configs import DEFAULT_CONNECT_TIMEOUT, InterceptV1, intercept_of
 from tunneler.dns.pool import VipPool
 from tunneler.errors import ConfigError
@@ -28,22 +25,9 @@ from tunneler.intercept import (
     expand_template,
 )
 from tunneler.log import get_logger
+from tunneler.overlay import DialContext
 
 log = get_logger("engine")
-
-
-class DialContext(Protocol):
-    """What the engine needs from an identity context (``ZitiContext`` satisfies it)."""
-
-    services: dict[str, ServiceInfo]
-
-    @property
-    def name(self) -> str: ...
-
-    async def dial(self, service_name: str, sink: EdgeSink, *,
-                   app_data: dict[str, str | int | None] | None = None,
-                   terminator_identity: str | None = None,
-                   timeout: float = ...) -> EdgeConnection: ...
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from ipaddress import IPv4Address
 from typing import cast
 
-from tunneler.client.bridge import reset
+from tunneler.bridges import reset
 from tunneler.dns.pool import VipPool
 from tunneler.engine.bridge import InterceptBridge
 from tunneler.engine.dialer import FlowInterceptor, dial_flow

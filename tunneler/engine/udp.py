@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 from ipaddress import IPv4Address
 
-from tunneler.client.conn import EdgeConnection
 from tunneler.dns.pool import VipPool
 from tunneler.engine.dialer import FlowInterceptor, dial_flow
 from tunneler.engine.limits import Limits
@@ -23,6 +22,7 @@ from tunneler.engine.stats import Stats
 from tunneler.engine.tunreader import TunPump
 from tunneler.nat import NatDrop, OriginalDestination, UdpFlowTable
 from tunneler.ops import stats as ops_stats
+from tunneler.overlay import OverlayConnection
 from tunneler.packet.build import MAX_UDP_PAYLOAD, build_icmp_port_unreachable, build_udp4
 from tunneler.packet.parse import Parsed
 
@@ -37,7 +37,7 @@ class UdpFlow:
         self.key = key
         self.service = service
         self.meter = owner.counters.meter(service)
-        self.conn: EdgeConnection | None = None
+        self.conn: OverlayConnection | None = None
         self.queue: list[bytes] = []
         self.queued_bytes = 0
         self.task: asyncio.Task[None] | None = None
@@ -65,8 +65,8 @@ class UdpFlow:
         self.queue.clear()
         self.queued_bytes = 0
 
-    # -- EdgeSink ------------------------------------------------------------------------------
-    def edge_connected(self, conn: EdgeConnection) -> None:
+    # -- OverlaySink ---------------------------------------------------------------------------
+    def edge_connected(self, conn: OverlayConnection) -> None:
         self.conn = conn
         self.meter.bytes_up += self.queued_bytes
         for payload in self.queue:

@@ -1,9 +1,13 @@
-"""Local socket ↔ edge connection bridges: TCP with half-close and backpressure, UDP per flow.
+"""Local socket ↔ overlay connection bridges: TCP with half-close and backpressure, UDP per flow.
+
+A neutral module: the bridges see the overlay only through `tunneler.overlay` (an
+`OverlayConnection` to write to and pause, the `OverlaySink` methods they implement), so the
+engine, the proxy and run-host share them without importing the client package.
 
 `StreamBridge` is the asyncio Protocol of a local TCP socket. It keeps the socket's reading
-paused until the edge connection is up, relays bytes both ways, maps local EOF to an edge FIN
-and an edge FIN to `write_eof()`, pauses the channel when the local socket cannot take more,
-and resets the local socket (SO_LINGER 0) when the circuit ends abnormally.
+paused until the overlay connection is up, relays bytes both ways, maps local EOF to an
+overlay FIN and an overlay FIN to `write_eof()`, pauses the overlay connection when the local
+socket cannot take more, and resets the local socket (SO_LINGER 0) when the circuit ends abnormally.
 
 `DatagramBridge` carries one UDP flow: one datagram per Data message, ended after `idle`
 seconds without traffic in either direction.
@@ -19,14 +23,14 @@ import contextlib
 import socket
 import struct
 from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol, cast
 
 from tunneler import aio
-from tunneler.client.conn import EdgeConnection
-from tunneler.client.targets import IPAddress
 from tunneler.errors import DialError
 from tunneler.log import get_logger
 from tunneler.nat import UDP_IDLE_TIMEOUT
+from tunneler.overlay import OverlayConnection
 
 log = get_logger("bridge")
 
@@ -36,7 +40,7 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class ByteMeter(Protocol):
-    """Where a bridge counts the bytes it relays (`tunneler.ops.stats.ServiceMeter`)."""
+    """Where a bridge counts the bytes it relays (`tunneler.metrics.ServiceMeter`)."""
 
     bytes_up: int
     bytes_down: int
@@ -57,7 +61,7 @@ class StreamBridge(asyncio.Protocol):
     def __init__(self, on_made: Callable[[StreamBridge], None] | None = None, *,
                  meter: ByteMeter | None = None) -> None:
         self.transport: asyncio.Transport | None = None
-        self.conn: EdgeConnection | None = None
+        self.conn: OverlayConnection | None = None
         self.meter = meter
         self._on_made = on_made
         self._on_lost: Callable[[], object] | None = None
@@ -106,7 +110,7 @@ class StreamBridge(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.conn is not None and not self._paused_link:
             self._paused_link = True
-            self.conn.link.pause_reading_for(self)
+            self.conn.pause()
 
     def resume_writing(self) -> None:
         self._release_link()
@@ -114,7 +118,7 @@ class StreamBridge(asyncio.Protocol):
     def _release_link(self) -> None:
         if self._paused_link and self.conn is not None:
             self._paused_link = False
-            self.conn.link.resume_reading_for(self)
+            self.conn.resume()
 
     def on_lost(self, callback: Callable[[], object]) -> None:
         """Call `callback` when the local socket goes away (e.g. to cancel a pending dial)."""
@@ -130,8 +134,8 @@ class StreamBridge(asyncio.Protocol):
         else:
             self.transport.pause_reading()
 
-    # -- edge side (EdgeSink) -------------------------------------------------------------
-    def edge_connected(self, conn: EdgeConnection) -> None:
+    # -- overlay side (OverlaySink) ----------------------------------------------------------
+    def edge_connected(self, conn: OverlayConnection) -> None:
         self.conn = conn
         if self.done:
             conn.close()
@@ -168,7 +172,7 @@ class StreamBridge(asyncio.Protocol):
         self._update_reading()
 
 
-async def connect_stream(addresses: Sequence[IPAddress], port: int, timeout: float,
+async def connect_stream(addresses: Sequence[IPv4Address | IPv6Address], port: int, timeout: float,
                          meter: ByteMeter | None = None) -> StreamBridge:
     """Connect a local TCP target for a host-side flow: each address in turn, within `timeout`.
 
@@ -199,7 +203,7 @@ class DatagramBridge(asyncio.DatagramProtocol):
     def __init__(self, idle_timeout: float = UDP_IDLE_TIMEOUT, *,
                  meter: ByteMeter | None = None) -> None:
         self.transport: asyncio.DatagramTransport | None = None
-        self.conn: EdgeConnection | None = None
+        self.conn: OverlayConnection | None = None
         self.meter = meter
         self._on_lost: Callable[[], object] | None = None
         self._idle_timeout = idle_timeout
@@ -245,7 +249,7 @@ class DatagramBridge(asyncio.DatagramProtocol):
             log.debug("bridge.udp_flow_expired")
             self.transport.close()
 
-    def edge_connected(self, conn: EdgeConnection) -> None:
+    def edge_connected(self, conn: OverlayConnection) -> None:
         self.conn = conn
         self._touch()
         self._timer = asyncio.get_running_loop().call_later(self._idle_timeout, self._check_idle)
@@ -269,7 +273,7 @@ class DatagramBridge(asyncio.DatagramProtocol):
         """Datagrams are dropped, not queued, under pressure: nothing to pause."""
 
 
-async def connect_datagram(addresses: Sequence[IPAddress], port: int,
+async def connect_datagram(addresses: Sequence[IPv4Address | IPv6Address], port: int,
                            meter: ByteMeter | None = None) -> DatagramBridge:
     """A connected UDP socket to a host-side target (the first address that can be used).
 

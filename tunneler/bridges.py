@@ -27,7 +27,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol, cast
 
 from tunneler import aio
-from tunneler.errors import DialError
+from tunneler.errors import DialError, DialFailure
 from tunneler.log import get_logger
 from tunneler.nat import UDP_IDLE_TIMEOUT
 from tunneler.overlay import OverlayConnection
@@ -193,7 +193,8 @@ async def connect_stream(addresses: Sequence[IPv4Address | IPv6Address], port: i
                 else:
                     return bridge
     except TimeoutError:
-        raise DialError(f"connect to {where} timed out after {timeout:g}s") from None
+        raise DialError(f"connect to {where} timed out after {timeout:g}s",
+                        DialFailure.TIMEOUT) from None
     raise DialError(f"connect to {where} failed: {failure}")
 
 

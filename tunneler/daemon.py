@@ -25,6 +25,7 @@ from pathlib import Path
 from tunneler import aio
 from tunneler.client.context import ZitiContext
 from tunneler.client.services import ServiceChanges
+from tunneler.counters import Metrics
 from tunneler.daemon_view import InterceptView
 from tunneler.dns import system
 from tunneler.dns.pool import VipPool
@@ -39,7 +40,6 @@ from tunneler.log import get_logger
 from tunneler.ops import runtime as ops_runtime
 from tunneler.ops.enroll_dir import enroll_pending
 from tunneler.ops.options import NO_OPS, OpsConfig
-from tunneler.ops.stats import Stats
 from tunneler.tun.device import LinuxTun, TunDevice
 from tunneler.tun.route_plan import (
     DEFAULT_MTU,
@@ -137,7 +137,7 @@ class Daemon:
         self.host_config: HostConfig | None = None   # the last one handed to the configurator
         self._dns_on = False
         self.excluded: list[str] = []
-        self.stats = Stats()  # per-service counters: the engine counts, the ops layer reads
+        self.stats = Metrics()  # per-service counters: the engine counts, the ops layer reads
         self._routes_lock = asyncio.Lock()
         self._updates: set[asyncio.Task[None]] = set()
 
@@ -193,7 +193,7 @@ class Daemon:
         self.excluded = await _resolve_hosts(hosts)
         self.tun = self._open_tun(self.config.tun_name)
         self.engine = Engine(self.tun, self.contexts, self.pool, limits=self.config.limits,
-                             upstreams=upstreams, counters=self.stats)
+                             upstreams=upstreams, metrics=self.stats)
         await self._apply()
         await self.engine.start()
         for ctx in self.contexts:

@@ -6,18 +6,17 @@ imports neither the daemon nor anything that imports it.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Protocol
 
 from tunneler import __version__
 from tunneler.client.context import ZitiContext
+from tunneler.counters import Metrics, PoolUsage
 from tunneler.dns.pool import VipPool
 from tunneler.engine.engine import Engine
 from tunneler.hostconfig.config import HostConfig, HostConfigurator
 from tunneler.intercept import Intercept, InterceptAddress
-from tunneler.ops.snapshot import DnsStatus, InterceptRow, PoolUsage, Status, TunStatus
-from tunneler.ops.stats import Stats
-from tunneler.ops.views import ContextsView, best_router, engine_counters
+from tunneler.ops.snapshot import DnsStatus, InterceptRow, Status, TunStatus
+from tunneler.ops.views import ContextsView, best_router
 from tunneler.tun.device import TunDevice
 
 WILDCARD_VIPS_SHOWN = 8
@@ -53,7 +52,7 @@ def _ports(intercept: Intercept) -> tuple[str, ...]:
 class InterceptView(ContextsView):
     """The view of `tunneler run`."""
 
-    def __init__(self, daemon: InterceptState, stats: Stats | None = None) -> None:
+    def __init__(self, daemon: InterceptState, stats: Metrics | None = None) -> None:
         super().__init__(daemon.contexts, stats)
         self.daemon = daemon
 
@@ -62,8 +61,7 @@ class InterceptView(ContextsView):
         if engine is None:
             return []
         rows = []
-        for intercept in engine.policy.table.intercepts:
-            target = engine.policy.targets.get(intercept.service)
+        for intercept, target in engine.snapshot().intercepts:
             ctx = target.context if target is not None else None
             router = best_router(ctx) if isinstance(ctx, ZitiContext) else None
             for address in intercept.addresses:
@@ -87,15 +85,9 @@ class InterceptView(ContextsView):
 
     def status(self) -> Status:
         daemon, engine = self.daemon, self.daemon.engine
-        pool = PoolUsage(daemon.pool.capacity, daemon.pool.in_use)
-        counters = self.stats.snapshot(pool)
-        if engine is not None:
-            base = engine_counters(engine.stats.snapshot(), engine.responder.counters)
-            failures = dict(base.dial_failures)
-            for reason, count in counters.dial_failures.items():
-                failures[reason] = failures.get(reason, 0) + count
-            counters = dataclasses.replace(counters, dns=base.dns, dial_failures=failures,
-                                           packets_dropped=base.packets_dropped)
+        snapshot = engine.snapshot() if engine is not None else None
+        counters = snapshot.counters if snapshot is not None else self.stats.snapshot(
+            PoolUsage(daemon.pool.capacity, daemon.pool.in_use))
         config = daemon.host_config
         tun = TunStatus(daemon.tun_name, daemon.tun is not None,
                         daemon.tun is not None and engine is not None,
@@ -103,6 +95,6 @@ class InterceptView(ContextsView):
                         else 0)
         method = daemon.configurator.dns_method
         dns = DnsStatus(str(daemon.pool.dns_ip), method or "pending", method is not None,
-                        tuple(f"{h}:{p}" for h, p in engine.dns.upstreams) if engine else ())
+                        snapshot.upstreams if snapshot is not None else ())
         return Status(__version__, "intercept", self.uptime(), engine is not None,
                       self.identities(), self.routers(), tun, dns, counters)

@@ -12,7 +12,7 @@
     ├── ProtocolError          a peer broke the channel/edge protocol
     │   ├── FrameError         a frame could not be decoded (bad magic, oversized, truncated)
     │   └── CryptoError        end-to-end encryption failed (bad header, failed decrypt)
-    ├── DialError              a dial or bind failed (carries the reason from the router/host)
+    ├── DialError              a dial or bind failed (message from the router/host; `DialFailure`)
     │   ├── InvalidSessionError  the router refused the session token: get a new one
     │   └── HelloRejected      the router refused our API session in the channel Hello
     ├── PoolExhausted          no virtual IP is free
@@ -36,6 +36,8 @@ Outside `TunnelerError`, on purpose (their callers catch them as what they deriv
 """
 
 from __future__ import annotations
+
+import enum
 
 
 class TunnelerError(Exception):
@@ -101,8 +103,22 @@ class CryptoError(ProtocolError):
     """End-to-end encryption failed."""
 
 
+class DialFailure(enum.Enum):
+    """Why a dial failed, as counted (`tunneler.counters`) and shown by `status`."""
+
+    TIMEOUT = "timeout"        # no answer in time (router, host, target connect, resolving)
+    NO_ROUTER = "no_router"    # no edge router of the service could be reached
+    CONTROLLER = "controller"  # the controller could not give a session
+    REFUSED = "refused"        # the router or the host refused it (the default)
+    ERROR = "error"            # anything else (not a DialError)
+
+
 class DialError(TunnelerError):
-    """A dial or bind was refused or failed."""
+    """A dial or bind was refused or failed; `reason` says why, set where it is raised."""
+
+    def __init__(self, message: str, reason: DialFailure = DialFailure.REFUSED) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class InvalidSessionError(DialError):

@@ -31,13 +31,13 @@ from tunneler.client.resolve import Resolver, resolve_within, system_resolve
 from tunneler.client.services import ServiceChanges, config_or_warn
 from tunneler.client.targets import permitted_addresses, select_target
 from tunneler.configs import DEFAULT_CONNECT_TIMEOUT, PRECEDENCES, HostV1, ListenOptions, host_of
+from tunneler.counters import Metrics
 from tunneler.errors import ConfigError, DialError
 from tunneler.log import get_logger
 from tunneler.ops import runtime as ops_runtime
 from tunneler.ops.enroll_dir import enroll_pending
 from tunneler.ops.options import NO_OPS, OpsConfig
 from tunneler.ops.snapshot import InterceptRow, Status
-from tunneler.ops.stats import Stats, failure_reason
 from tunneler.ops.views import ContextsView
 from tunneler.overlay import OverlaySink
 
@@ -79,7 +79,7 @@ async def run_host(paths: Sequence[Path], stop: asyncio.Event, *,
                    refresh_interval: float = 60.0,
                    ops_config: OpsConfig = NO_OPS) -> int:
     """Host services for every identity until `stop` is set; then unbind."""
-    stats = Stats()
+    stats = Metrics()
     hosts = [ServiceHost(ZitiContext(path, refresh_interval=refresh_interval), stats)
              for path in paths]
     view = HostView(hosts, stats)
@@ -107,9 +107,9 @@ async def _host(hosts: Sequence[ServiceHost], view: HostView, stop: asyncio.Even
 class ServiceHost:
     """Keeps one identity's hostable services bound."""
 
-    def __init__(self, ctx: ZitiContext, stats: Stats | None = None) -> None:
+    def __init__(self, ctx: ZitiContext, stats: Metrics | None = None) -> None:
         self.ctx = ctx
-        self.stats = stats or Stats()
+        self.stats = stats or Metrics()
         self.bindings: dict[str, Binding] = {}
 
     def start(self) -> None:
@@ -162,7 +162,7 @@ def bind_options(config: HostV1, identity_name: str) -> BindOptions:
                        terminator_identity=identity)
 
 
-def dial_handler(service_name: str, config: HostV1, stats: Stats | None = None, *,
+def dial_handler(service_name: str, config: HostV1, stats: Metrics | None = None, *,
                  resolve: Resolver = system_resolve) -> DialHandler:
     """Connect each incoming dial to its target (raises DialError → DialFailed), counted in
     `stats` (the connect time as dial latency).
@@ -171,7 +171,7 @@ def dial_handler(service_name: str, config: HostV1, stats: Stats | None = None, 
     against `allowedAddresses` and the connection goes to exactly those (targets.py)."""
     listen = config.listen_options or ListenOptions()
     timeout = float(listen.connect_timeout_seconds or DEFAULT_CONNECT_TIMEOUT)
-    counters = stats or Stats()
+    counters = stats or Metrics()
     meter = counters.meter(service_name)
 
     async def on_dial(incoming: IncomingDial) -> OverlaySink:
@@ -186,7 +186,7 @@ def dial_handler(service_name: str, config: HostV1, stats: Stats | None = None, 
             else:
                 sink = await connect_stream(addresses, target.port, timeout, meter)
         except DialError as exc:
-            counters.dial_failed(service_name, failure_reason(exc), str(exc))
+            counters.dial_failed(service_name, exc)
             raise
         counters.dial_succeeded(service_name, time.perf_counter() - started)
         counters.flow_opened(service_name)
@@ -201,7 +201,7 @@ def dial_handler(service_name: str, config: HostV1, stats: Stats | None = None, 
 class HostView(ContextsView):
     """The view of `tunneler run-host` (no intercepts, no TUN, no DNS)."""
 
-    def __init__(self, hosts: Sequence[ServiceHost], stats: Stats | None = None) -> None:
+    def __init__(self, hosts: Sequence[ServiceHost], stats: Metrics | None = None) -> None:
         super().__init__([h.ctx for h in hosts], stats)
         self.hosts = list(hosts)
         self.services_loaded = False

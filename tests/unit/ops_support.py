@@ -1,6 +1,6 @@
 """A small in-test `DaemonView` for the ops layer's tests (the real one is the daemon's).
 
-`SampleView` holds real `Stats` and builds its snapshots from plain attributes the test sets
+`SampleView` holds real `Metrics` and builds its snapshots from plain attributes the test sets
 (`router_up`, `services_loaded`, ...), so each test states the daemon state it needs. DNS
 outcomes come from the engine's responder in a real daemon, so here from `dns_counts`.
 """
@@ -11,17 +11,15 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from tunneler import __version__, log
+from tunneler.counters import Counters, Metrics, PoolUsage
 from tunneler.ops.snapshot import (
-    Counters,
     DnsStatus,
     IdentityStatus,
     InterceptRow,
-    PoolUsage,
     RouterStatus,
     Status,
     TunStatus,
 )
-from tunneler.ops.stats import Stats
 
 
 @dataclass
@@ -29,7 +27,7 @@ class SampleView:
     router_up: bool = True
     services_loaded: bool = True
     dns_applied: bool = True
-    stats: Stats = field(default_factory=Stats)
+    stats: Metrics = field(default_factory=Metrics)
     rows: list[InterceptRow] = field(default_factory=list)
     refreshes: int = 0
     log_levels: list[str] = field(default_factory=list)

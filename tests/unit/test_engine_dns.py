@@ -10,6 +10,7 @@ from engine_support import DNS_IP, TUN_IP, StaticContext, running_engine, servic
 from scapy.layers.dns import DNS, DNSQR, DNSRR
 from scapy.layers.inet import IP, UDP
 
+from tunneler.counters import Count
 from tunneler.engine.dnsserver import DnsTcpProtocol, parse_upstream
 from tunneler.engine.limits import Limits
 
@@ -96,7 +97,7 @@ def test_other_names_are_forwarded_from_fresh_sockets_and_relayed_unchanged() ->
                     assert reply.id == ident and reply.an[0].rdata == "192.0.2.10"
                     assert reply.an[0].ttl == 33
                 assert len(set(stub.sources)) == 2  # a new source port per query
-                assert engine.stats.counters["dns_forwarded"] == 2
+                assert engine.metrics.counts[Count.DNS_FORWARDED] == 2
         finally:
             transport.close()
 
@@ -114,8 +115,8 @@ def test_dead_upstream_gives_servfail_and_in_flight_cap_refuses_at_once() -> Non
             assert capped.id == 2 and capped.rcode == 2  # SERVFAIL at once
             late = answer_of(await kernel.recv(3))
             assert late.id == 1 and late.rcode == 2
-            assert engine.stats.counters["dns_refused_in_flight_cap"] == 1
-            assert engine.stats.counters["dns_upstream_failed"] == 1
+            assert engine.metrics.counts[Count.DNS_REFUSED_IN_FLIGHT_CAP] == 1
+            assert engine.metrics.counts[Count.DNS_UPSTREAM_FAILED] == 1
 
     asyncio.run(main())
 
@@ -133,6 +134,9 @@ def test_malformed_queries_are_dropped_and_counted() -> None:
             assert engine.responder.counters["short_header"] == 1
             await kernel.send(query("llm.private.test"))
             assert answer_of(await kernel.recv()).ancount == 1
+            # what `status` and /metrics show, through the engine's snapshot
+            assert engine.snapshot().counters.dns == {"answered": 1, "forwarded": 0,
+                                                      "refused": 0, "dropped": 2}
 
     asyncio.run(main())
 
@@ -163,7 +167,7 @@ def test_dns_over_tcp_framing_answers_each_message() -> None:
             assert all(DNS(s[2:]).an[0].type == 1 for s in sent)
             protocol.data_received(b"\xff\xff" + b"x" * 9000)  # over the buffer cap
             assert lost == [True]
-            assert engine.stats.counters["dns_tcp_overflow"] == 1
+            assert engine.metrics.counts[Count.DNS_TCP_OVERFLOW] == 1
 
     asyncio.run(main())
 
@@ -219,7 +223,7 @@ def test_truncated_answers_are_fetched_over_tcp_and_tcp_queries_go_over_tcp() ->
                 reply = IP(await kernel.recv(3))
                 assert reply[DNS].id == 3 and reply[DNS].ancount == 40
                 assert (stub.udp_queries, stub.tcp_queries) == (1, 1)
-                assert engine.stats.counters["dns_truncated_retried_over_tcp"] == 1
+                assert engine.metrics.counts[Count.DNS_TRUNCATED_RETRIED_OVER_TCP] == 1
                 sent: list[bytes] = []
                 message = bytes(IP(query("big.example.org", ident=4))[DNS])
                 engine.dns.answer(message, loop.time(), sent.append, tcp=True)

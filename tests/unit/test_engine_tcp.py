@@ -10,6 +10,7 @@ from scapy.layers.dns import DNS, DNSQR
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from structlog.testing import capture_logs
 
+from tunneler.counters import Count, Drop, Refusal
 from tunneler.engine.engine import Engine
 from tunneler.engine.limits import Limits
 
@@ -51,7 +52,7 @@ def test_syn_without_intercept_gets_an_immediate_rst() -> None:
             for dst, port in ((vip, 22), ("100.64.9.9", 8000), ("198.51.100.1", 80)):
                 await kernel.send(syn(dst, port))
                 assert_rst_for(await kernel.recv(), dst, port)
-            assert engine.stats.counters["tcp_refused_no_intercept"] == 3
+            assert engine.metrics.refusals[Refusal.NO_INTERCEPT] == 3
 
     asyncio.run(main())
 
@@ -65,7 +66,7 @@ def test_failed_dial_gets_rst_and_retransmitted_syns_are_held_once() -> None:
             await kernel.send(syn(vip, 8000))
             await kernel.send(syn(vip, 8000))  # the app's retransmission while dialing
             assert await kernel.nothing()
-            assert engine.stats.counters["tcp_syn_retransmit_dropped"] == 1
+            assert engine.metrics.drops[Drop.TCP_SYN_RETRANSMIT] == 1
             ctx.gate.set()
             assert_rst_for(await kernel.recv(), vip, 8000)
             assert await kernel.nothing()
@@ -74,11 +75,11 @@ def test_failed_dial_gets_rst_and_retransmitted_syns_are_held_once() -> None:
             assert app_data == {"dst_protocol": "tcp", "dst_ip": vip, "dst_port": "8000",
                                 "src_protocol": "tcp", "src_ip": TUN_IP, "src_port": "45000",
                                 "dst_hostname": "llm.private.test"}
-            assert engine.stats.counters["tcp_dials_failed"] == 1
+            assert engine.metrics.counts[Count.TCP_DIALS_FAILED] == 1
             assert engine.tcp is not None and engine.tcp.pending == 0
-            counters = engine.counters.snapshot()     # per service, for the ops layer
+            counters = engine.metrics.snapshot()     # per service, for the ops layer
             assert counters.dial_failures == {"refused": 1}
-            assert engine.counters.last_error("llm") == "service 'llm' has no terminators"
+            assert engine.metrics.last_error("llm") == "service 'llm' has no terminators"
             assert counters.dial_latency.count == 0 and counters.flows.flows_opened == 0
 
     asyncio.run(main())
@@ -112,7 +113,7 @@ def test_pending_dial_and_flow_caps_refuse_the_newest() -> None:
             for sport in (40001, 40002, 40003):
                 await kernel.send(syn(vip, 8000, sport=sport))
             assert_rst_for(await kernel.recv(), vip, 8000, sport=40003)
-            assert engine.stats.counters["tcp_refused_pending_cap"] == 1
+            assert engine.metrics.refusals[Refusal.PENDING_CAP] == 1
             assert len(ctx.dials) == 2
             ctx.gate.set()
             await kernel.recv()
@@ -131,7 +132,7 @@ def test_a_syn_flood_to_one_service_leaves_pending_slots_for_others() -> None:
             for sport in (40001, 40002, 40003):
                 await kernel.send(syn(vip, 8000, sport=sport))
             assert_rst_for(await kernel.recv(), vip, 8000, sport=40003)
-            assert engine.stats.counters["tcp_refused_service_pending_cap"] == 1
+            assert engine.metrics.refusals[Refusal.SERVICE_PENDING_CAP] == 1
             await kernel.send(syn("198.51.100.7", 9005, sport=40004))  # another service
             assert await kernel.nothing()  # held while it dials: not refused
             assert [d[0] for d in ctx.dials] == ["llm", "llm", "precise"]
@@ -153,7 +154,7 @@ def test_non_syn_without_flow_gets_rst_and_draining_refuses_new_flows() -> None:
             engine.drain()
             await kernel.send(syn(vip, 8000))
             assert_rst_for(await kernel.recv(), vip, 8000)
-            assert engine.stats.counters["tcp_refused_draining"] == 1
+            assert engine.metrics.refusals[Refusal.DRAINING] == 1
 
     asyncio.run(main())
 
@@ -170,10 +171,10 @@ def test_malformed_packets_are_counted_and_the_loop_goes_on() -> None:
                            bytes(fragment)):
                 await kernel.send(packet)
             assert await kernel.nothing()
-            counters = engine.stats.counters
-            assert counters["drop_truncated"] == 1 and counters["drop_bad_total_length"] == 1
-            assert counters["drop_bad_ip_checksum"] == 1
-            assert counters["drop_bad_version"] == 1 and counters["drop_fragment"] == 1
+            dropped = engine.snapshot().counters.packets_dropped
+            assert dropped["truncated"] == 1 and dropped["bad_total_length"] == 1
+            assert dropped["bad_ip_checksum"] == 1
+            assert dropped["bad_version"] == 1 and dropped["fragment"] == 1
             await kernel.send(good)
             assert_rst_for(await kernel.recv(), "198.51.100.1", 80)
 
@@ -195,7 +196,7 @@ def test_handler_exception_is_counted_and_the_next_packet_is_served() -> None:
             with capture_logs() as logs:
                 await kernel.send(syn("198.51.100.1", 80))
                 assert_rst_for(await kernel.recv(), "198.51.100.1", 80)
-            assert engine.stats.counters["handler_errors"] == 1
+            assert engine.metrics.counts[Count.HANDLER_ERRORS] == 1
             failed = [e for e in logs if e["event"] == "engine.packet_handler_failed"]
             assert len(failed) == 1 and isinstance(failed[0]["exc_info"], RuntimeError)
 
@@ -215,10 +216,10 @@ def test_udp_without_intercept_gets_port_unreachable_and_failed_dial_ends_the_fl
                 sport=5000, dport=9001) / b"ping"))
             await kernel.nothing(0.1)
             assert [d[0] for d in ctx.dials] == ["net"]
-            assert engine.stats.counters["udp_dials_failed"] == 1 and len(engine.udp) == 0
-            net = engine.counters.snapshot().services["net"]
+            assert engine.metrics.counts[Count.UDP_DIALS_FAILED] == 1 and len(engine.udp) == 0
+            net = engine.metrics.snapshot().services["net"]
             assert (net.flows_opened, net.flows_active) == (1, 0)
-            assert engine.counters.last_error("net") == "service 'net' has no terminators"
+            assert engine.metrics.last_error("net") == "service 'net' has no terminators"
             assert IPv4Address("198.51.100.9") not in engine.pool.network
 
     asyncio.run(main())
@@ -235,7 +236,7 @@ def test_udp_flow_cap_refuses_new_flows_while_one_is_dialing() -> None:
                     sport=sport, dport=9001) / b"ping"))
             assert await kernel.nothing(0.1)
             assert len(ctx.dials) == 1 and len(engine.udp) == 1
-            assert engine.stats.counters["udp_refused_flow_cap"] == 1
+            assert engine.metrics.refusals[Refusal.FLOW_CAP] == 1
             ctx.gate.set()
 
     asyncio.run(main())

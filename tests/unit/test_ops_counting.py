@@ -1,4 +1,4 @@
-"""Per-service counting outside the engine: `Stats.meter`, dial failure reasons, and
+"""Per-service counting outside the engine: `Metrics.meter`, dial failure reasons, and
 `run-host`'s dial handler counting a real loopback target (flows, bytes, connect time)."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import pytest
 from tunneler.bridges import StreamBridge
 from tunneler.client.listener import IncomingDial
 from tunneler.configs import parse_host
-from tunneler.errors import DialError
+from tunneler.counters import Metrics, failure_reason
+from tunneler.errors import DialError, DialFailure
 from tunneler.host import dial_handler
-from tunneler.ops.stats import OTHER, Stats, failure_reason
 
 
 def test_meter_is_the_service_entry_and_feeds_the_snapshot() -> None:
-    stats = Stats()
+    stats = Metrics()
     meter = stats.meter("llm")
     meter.bytes_up += 10
     meter.bytes_down += 2048
@@ -27,16 +27,18 @@ def test_meter_is_the_service_entry_and_feeds_the_snapshot() -> None:
 
 
 @pytest.mark.parametrize(("exc", "reason"), [
-    (TimeoutError(), "timeout"),
-    (DialError("dial 'x' timed out after 5s"), "timeout"),
-    (DialError("no edge router reachable: tls://r:1: refused"), "no_router"),
-    (DialError("dial 'x': controller: CONTROLLER_UNAVAILABLE: GET /sessions"), "controller"),
-    (DialError("service has no terminators"), "refused"),
-    (OSError("network unreachable"), "error"),
+    (TimeoutError(), DialFailure.TIMEOUT),
+    (DialError("dial 'x' timed out after 5s", DialFailure.TIMEOUT), DialFailure.TIMEOUT),
+    (DialError("no edge router reachable", DialFailure.NO_ROUTER), DialFailure.NO_ROUTER),
+    (DialError("dial 'x': controller: CONTROLLER_UNAVAILABLE", DialFailure.CONTROLLER),
+     DialFailure.CONTROLLER),
+    (DialError("service has no terminators"), DialFailure.REFUSED),
+    (DialError("wording that says timed out but is a refusal"), DialFailure.REFUSED),
+    (OSError("network unreachable"), DialFailure.ERROR),
 ])
-def test_failure_reasons(exc: BaseException, reason: str) -> None:
-    assert failure_reason(exc) == reason
-    assert reason != OTHER
+def test_failure_reason_is_what_the_error_carries_never_its_text(
+        exc: BaseException, reason: DialFailure) -> None:
+    assert failure_reason(exc) is reason
 
 
 def _echo_server() -> tuple[socket.socket, int]:
@@ -49,7 +51,7 @@ def _echo_server() -> tuple[socket.socket, int]:
 def test_host_dial_handler_counts_flow_bytes_and_connect_time() -> None:
     server, port = _echo_server()
     config = parse_host({"protocol": "tcp", "address": "127.0.0.1", "port": port}, "echo")
-    stats = Stats()
+    stats = Metrics()
 
     async def scenario() -> None:
         on_dial = dial_handler("echo", config, stats)
@@ -89,7 +91,7 @@ def test_host_dial_handler_counts_a_refused_target() -> None:
     server, port = _echo_server()
     server.close()                                     # nothing listens there now
     config = parse_host({"protocol": "tcp", "address": "127.0.0.1", "port": port}, "gone")
-    stats = Stats()
+    stats = Metrics()
     on_dial = dial_handler("gone", config, stats)
 
     async def scenario() -> None:

@@ -8,6 +8,8 @@ import json
 import pytest
 from ops_support import SampleView, llm_rows
 
+from tunneler.counters import MAX_LABELS, OTHER, Buffer, Metrics
+from tunneler.errors import DialError, DialFailure
 from tunneler.ops.render import (
     fit_widths,
     human_bytes,
@@ -20,8 +22,7 @@ from tunneler.ops.render import (
     truncate,
 )
 from tunneler.ops.snapshot import IdentityStatus, InterceptRow, Status, from_json, problems, to_json
-from tunneler.ops.stats import MAX_LABELS, OTHER, Stats
-from tunneler.ops.views import engine_counters
+from tunneler.packet.parse import DropReason
 
 
 def busy_view() -> SampleView:
@@ -29,14 +30,15 @@ def busy_view() -> SampleView:
     for _ in range(3):
         view.stats.flow_opened("llm")
     view.stats.flow_closed("llm")
-    view.stats.add_bytes("llm", up=1500, down=3 * 1024 * 1024)
+    view.stats.meter("llm").bytes_up += 1500
+    view.stats.meter("llm").bytes_down += 3 * 1024 * 1024
     view.stats.dial_succeeded("llm", 0.02)
-    view.stats.dial_failed("models-wildcard-service-with-a-long-name", "timeout",
-                           "dial 'models' timed out after 5s")
+    view.stats.dial_failed("models-wildcard-service-with-a-long-name",
+                           DialError("dial 'models' timed out after 5s", DialFailure.TIMEOUT))
     view.dns_counts["answered"] = 1
-    view.stats.packet_dropped("malformed")
-    view.stats.buffer_level("flow_send", 65536)
-    view.stats.buffer_level("flow_send", 1024)
+    view.stats.drop(DropReason.TRUNCATED)
+    view.stats.buffer_level(Buffer.TCP_HELD, 65536)
+    view.stats.buffer_level(Buffer.TCP_HELD, 1024)
     return view
 
 
@@ -82,26 +84,24 @@ def test_stats_counts_and_keeps_high_water() -> None:
     assert counters.services["llm"].bytes_down == 3 * 1024 * 1024
     assert counters.dial_failures == {"timeout": 1}
     assert counters.dns == {"answered": 1, "forwarded": 0, "refused": 0, "dropped": 0}
-    assert counters.buffer_high_water == {"flow_send": 65536}
+    assert counters.buffer_high_water == {"tcp_held": 65536}
+    assert counters.packets_dropped == {"truncated": 1}
     assert counters.dial_latency.count == 1
     assert sum(counters.dial_latency.counts) == 1
     assert counters.dial_latency.counts[2] == 1          # 0.02 s falls in the 0.025 bucket
 
 
-def test_stats_label_sets_are_capped() -> None:
-    stats = Stats()
+def test_service_labels_are_capped() -> None:
+    stats = Metrics()
     for n in range(MAX_LABELS + 50):
-        stats.packet_dropped(f"reason-{n}")
         stats.flow_opened(f"service-{n}")
     counters = stats.snapshot()
-    assert len(counters.packets_dropped) == MAX_LABELS + 1
-    assert counters.packets_dropped[OTHER] == 50
     assert counters.services[OTHER].flows_opened == 50
     assert len(counters.services) == MAX_LABELS + 1
 
 
 def test_closed_flow_count_never_goes_negative() -> None:
-    stats = Stats()
+    stats = Metrics()
     stats.flow_closed("ghost")
     assert stats.active_flows("ghost") == 0
 
@@ -167,19 +167,6 @@ def test_human_units() -> None:
     assert human_bytes(5 * 1024**3) == "5.0 GiB"
     assert human_duration(59) == "0m59s"
     assert human_duration(90061) == "1d1h01m01s"
-
-
-def test_engine_counters_mapping() -> None:
-    raw = {"tcp_flows_opened": 5, "udp_flows_opened": 2, "tcp_flows_closed": 3,
-           "tcp_flows_expired": 1, "udp_flows_closed": 1, "drop_bad_checksum": 4,
-           "tun_write_dropped": 1, "tcp_refused_flow_cap": 2, "udp_refused_flow_cap": 1,
-           "tcp_refused_no_intercept": 6, "tcp_dials_failed": 3, "dns_forwarded": 7,
-           "dns_refused_in_flight_cap": 1, "tun_packets_in": 999}
-    counters = engine_counters(raw, {"reply": 10, "forward": 7, "short_header": 2})
-    assert counters.flows.flows_opened == 0      # flows are counted per service in Stats
-    assert counters.packets_dropped == {"bad_checksum": 4, "tun_write_dropped": 1}
-    assert counters.dial_failures == {"flow_cap": 3, "no_intercept": 6}
-    assert counters.dns == {"answered": 10, "forwarded": 7, "refused": 1, "dropped": 2}
 
 
 def test_wildcard_row_shows_first_vip_and_the_total_count() -> None:

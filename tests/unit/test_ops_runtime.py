@@ -108,9 +108,10 @@ def test_http_endpoints_and_notify_follow_readiness(
     view = SampleView(router_up=False, rows=llm_rows())
     for _ in range(5):
         view.stats.flow_opened("llm")
-    view.stats.add_bytes("llm", up=100, down=2000)
+    meter = view.stats.meter("llm")
+    meter.bytes_up, meter.bytes_down = 100, 2000
     view.stats.dial_succeeded("llm", 0.03)
-    view.stats.dial_failed("llm", "timeout")
+    view.stats.dial_failed("llm", TimeoutError())
     view.dns_counts["answered"] = 1
     port = free_port()
     base = f"http://127.0.0.1:{port}"

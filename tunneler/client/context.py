@@ -48,6 +48,7 @@ from tunneler.errors import (
     CacheError,
     ControllerError,
     DialError,
+    DialFailure,
     HelloRejected,
     IdentityError,
     InvalidSessionError,
@@ -529,7 +530,8 @@ class ZitiContext:
                     return task.result()
             tasks = list(pending)
         raise DialError("no edge router reachable: "
-                        + ("; ".join(errors) or "all are waiting to retry after failures"))
+                        + ("; ".join(errors) or "all are waiting to retry after failures"),
+                        DialFailure.NO_ROUTER)
 
     def _keep_standby(self, routers: Sequence[EdgeRouterRef], live: Sequence[RouterLink]) -> None:
         """With fewer than STANDBY_LINKS connected, start connecting to one more router."""
@@ -601,9 +603,11 @@ class ZitiContext:
                 return await self._dial(service_name, sink, app_data, terminator_identity,
                                         timeout)
         except TimeoutError:
-            raise DialError(f"dial {service_name!r} timed out after {timeout:g}s") from None
+            raise DialError(f"dial {service_name!r} timed out after {timeout:g}s",
+                            DialFailure.TIMEOUT) from None
         except ControllerError as exc:
-            raise DialError(f"dial {service_name!r}: controller: {exc}") from None
+            raise DialError(f"dial {service_name!r}: controller: {exc}",
+                            DialFailure.CONTROLLER) from None
 
     async def _dial(self, service_name: str, sink: OverlaySink,
                     app_data: dict[str, str | int | None] | None,

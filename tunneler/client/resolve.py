@@ -12,7 +12,7 @@ import socket
 from collections.abc import Awaitable, Callable
 
 from tunneler.client.targets import IPAddress, ip_literal
-from tunneler.errors import DialError
+from tunneler.errors import DialError, DialFailure
 
 Resolver = Callable[[str], Awaitable[list[IPAddress]]]
 
@@ -46,4 +46,5 @@ async def resolve_within(resolve: Resolver, host: str, timeout: float) -> list[I
         async with asyncio.timeout(timeout):
             return await resolve(host)
     except TimeoutError:
-        raise DialError(f"resolving {host!r} timed out after {timeout:g}s") from None
+        raise DialError(f"resolving {host!r} timed out after {timeout:g}s",
+                        DialFailure.TIMEOUT) from None

@@ -174,6 +174,15 @@ def _encode_name(name: str) -> bytes:
     return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00"
 
 
+@dataclass(frozen=True)
+class DnsTally:
+    """What the responder decided so far, by outcome."""
+
+    replies: int
+    forwards: int
+    drops: int
+
+
 class DnsResponder:
     """Answers queries for intercepted names from a ``VipPool``; see the module docstring."""
 
@@ -204,6 +213,11 @@ class DnsResponder:
         self._hostnames, self._wildcards = hostnames, wildcards
         self._local_domains = frozenset(local_domains)
         self.pool.retain(lambda name: self._match(name.split("."))[0] is not None, now)
+
+    def tally(self) -> DnsTally:
+        """Queries answered here, forwarded upstream, and dropped (every reason together)."""
+        replies, forwards = self.counters["reply"], self.counters["forward"]
+        return DnsTally(replies, forwards, sum(self.counters.values()) - replies - forwards)
 
     def handle(self, query: bytes, now: float) -> Outcome:
         """Decide what to do with one query message."""

@@ -9,7 +9,7 @@ backpressure, RST on an abnormal overlay close).
 
 Bytes go to the service's meter as in ``StreamBridge`` (held bytes when they arrive); the held
 buffer and the local write buffer (when it reaches its high-water mark) report their levels
-to the ops counters as ``tcp_held`` and ``tcp_local_write``.
+to the metrics as ``Buffer.TCP_HELD`` and ``Buffer.TCP_LOCAL_WRITE``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 
 from tunneler.bridges import ByteMeter, StreamBridge, reset
-from tunneler.ops.stats import Stats
+from tunneler.counters import Buffer, Metrics
 
 HELD_HIGH_WATER = 256 * 1024
 
@@ -25,9 +25,9 @@ HELD_HIGH_WATER = 256 * 1024
 class InterceptBridge(StreamBridge):
     """A ``StreamBridge`` whose local socket arrives after the edge connection."""
 
-    def __init__(self, meter: ByteMeter | None = None, counters: Stats | None = None) -> None:
+    def __init__(self, meter: ByteMeter | None = None, metrics: Metrics | None = None) -> None:
         super().__init__(meter=meter)
-        self._counters = counters
+        self._metrics = metrics
         self._held: list[bytes] = []
         self._held_bytes = 0
         self._held_eof = False
@@ -41,8 +41,8 @@ class InterceptBridge(StreamBridge):
         self._held_bytes += len(data)
         if self.meter is not None:
             self.meter.bytes_down += len(data)
-        if self._counters is not None:
-            self._counters.buffer_level("tcp_held", self._held_bytes)
+        if self._metrics is not None:
+            self._metrics.buffer_level(Buffer.TCP_HELD, self._held_bytes)
         if self._held_bytes > HELD_HIGH_WATER:
             self.pause_writing()
 
@@ -60,8 +60,9 @@ class InterceptBridge(StreamBridge):
             self._release_link()
 
     def pause_writing(self) -> None:
-        if self._counters is not None and self.transport is not None:
-            self._counters.buffer_level("tcp_local_write", self.transport.get_write_buffer_size())
+        if self._metrics is not None and self.transport is not None:
+            self._metrics.buffer_level(Buffer.TCP_LOCAL_WRITE,
+                                       self.transport.get_write_buffer_size())
         super().pause_writing()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -23,6 +23,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import cast
 
+from tunneler.counters import Count, Metrics
 from tunneler.dns.answer import (
     MAX_QUERY,
     DnsResponder,
@@ -32,8 +33,8 @@ from tunneler.dns.answer import (
     check_upstream_reply,
     servfail_for,
 )
+from tunneler.engine.events import Events
 from tunneler.engine.limits import Limits
-from tunneler.engine.stats import Stats
 from tunneler.engine.tunreader import TunPump
 from tunneler.errors import ConfigError
 from tunneler.packet.build import build_udp4
@@ -77,10 +78,10 @@ def parse_upstream(text: str) -> Upstream:
 class _Answer(asyncio.DatagramProtocol):
     """One forwarded query: the first datagram that answers it resolves ``result``."""
 
-    def __init__(self, query: bytes, forbidden: Sequence[Network], stats: Stats) -> None:
+    def __init__(self, query: bytes, forbidden: Sequence[Network], metrics: Metrics) -> None:
         self.query = query
         self.forbidden = forbidden
-        self.stats = stats
+        self.metrics = metrics
         self.result: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
@@ -89,20 +90,21 @@ class _Answer(asyncio.DatagramProtocol):
             if not self.result.done():
                 self.result.set_result(outcome.data)
         else:
-            self.stats.count(f"dns_{outcome.reason}")
+            self.metrics.count(Count.DNS_UPSTREAM_REJECTED)
 
     def error_received(self, exc: Exception) -> None:
-        self.stats.count("dns_upstream_errors")
+        self.metrics.count(Count.DNS_UPSTREAM_ERRORS)
 
 
 class DnsServer:
     """Answers queries to the DNS IP; forwards the rest to the upstreams."""
 
-    def __init__(self, pump: TunPump, responder: DnsResponder, stats: Stats, limits: Limits,
+    def __init__(self, pump: TunPump, responder: DnsResponder, events: Events, limits: Limits,
                  upstreams: Sequence[Upstream], forbidden: Sequence[Network]) -> None:
         self.pump = pump
         self.responder = responder
-        self.stats = stats
+        self.events = events
+        self.metrics = events.metrics
         self.limits = limits
         self.upstreams = list(upstreams)
         self.forbidden = list(forbidden)
@@ -130,7 +132,7 @@ class DnsServer:
 
     def _forward(self, query: bytes, send: Send, tcp: bool) -> None:
         if self.in_flight >= self.limits.max_dns_in_flight:
-            self.stats.count("dns_refused_in_flight_cap")
+            self.metrics.count(Count.DNS_REFUSED_IN_FLIGHT_CAP)
             failure = servfail_for(query)
             if failure is not None:
                 send(failure)
@@ -146,10 +148,10 @@ class DnsServer:
         finally:
             self.in_flight -= 1
         if reply is None:
-            self.stats.count("dns_upstream_failed")
+            self.metrics.count(Count.DNS_UPSTREAM_FAILED)
             reply = servfail_for(query)
         else:
-            self.stats.count("dns_forwarded")
+            self.metrics.count(Count.DNS_FORWARDED)
         if reply is not None:
             send(reply)
 
@@ -163,7 +165,7 @@ class DnsServer:
             else:
                 reply = await self._ask(upstream, query, (deadline - loop.time()) / left)
                 if reply is not None and reply[2] & TC_FLAG:  # truncated: ask again over TCP
-                    self.stats.count("dns_truncated_retried_over_tcp")
+                    self.metrics.count(Count.DNS_TRUNCATED_RETRIED_OVER_TCP)
                     share = (deadline - loop.time()) / left
                     reply = await self._ask_tcp(upstream, query, share) or reply
             if reply is not None:
@@ -182,28 +184,28 @@ class DnsServer:
                 finally:
                     writer.close()
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
-            self.stats.count("dns_upstream_tcp_failed")
+            self.metrics.count(Count.DNS_UPSTREAM_TCP_FAILED)
             return None
         outcome = check_upstream_reply(query, data, self.forbidden)
         if isinstance(outcome, Reply):
             return outcome.data
-        self.stats.count(f"dns_{outcome.reason}")
+        self.metrics.count(Count.DNS_UPSTREAM_REJECTED)
         return None
 
     async def _ask(self, upstream: Upstream, query: bytes, timeout: float) -> bytes | None:
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await loop.create_datagram_endpoint(
-                lambda: _Answer(query, self.forbidden, self.stats), remote_addr=upstream)
+                lambda: _Answer(query, self.forbidden, self.metrics), remote_addr=upstream)
         except OSError as exc:
-            self.stats.warn("dns.upstream_unusable", upstream=upstream[0], error=str(exc))
+            self.events.warn("dns.upstream_unusable", upstream=upstream[0], error=str(exc))
             return None
         try:
             transport.sendto(query)
             async with asyncio.timeout(timeout):
                 return await protocol.result
         except (TimeoutError, OSError):
-            self.stats.count("dns_upstream_timeouts")
+            self.metrics.count(Count.DNS_UPSTREAM_TIMEOUTS)
             return None
         finally:
             transport.close()
@@ -245,7 +247,7 @@ class DnsTcpProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._buffer += data
         if len(self._buffer) > TCP_BUFFER_CAP:
-            self.server.stats.count("dns_tcp_overflow")
+            self.server.metrics.count(Count.DNS_TCP_OVERFLOW)
             self._close()
             return
         self._arm()

@@ -5,9 +5,10 @@ reserves the NAT address N from the pool (``VipPool.reserve``: the first free ad
 given to a name), opens the listener, and starts reading the TUN; ``update_intercepts()``
 applies a service change (intercept table, DNS names, pool retirement) without touching
 existing flows; ``drain()`` refuses new flows; ``close()`` drains the rest and stops.
-Malformed packets are dropped and counted by reason (``drop_<reason>``). Per-service counters
-(flows, bytes, dial latency and failures, buffer levels) go to ``counters``, the ops layer's
-``Stats`` that ``tunneler intercepts``/``status`` and ``/metrics`` read.
+Every counter goes to ``metrics`` (`tunneler.counters.Metrics`, typed: malformed packets by
+`DropReason`, refused flows by `Refusal`, per-service flows, bytes, dial latency and failures).
+``snapshot()`` is what the ops layer reads: the intercepts with their dial targets, the
+counters with the DNS outcomes, and the DNS upstreams; it never reaches into the engine.
 """
 
 from __future__ import annotations
@@ -15,18 +16,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from tunneler.counters import Count, Counters, Drop, Metrics, PoolUsage
 from tunneler.dns.answer import DnsResponder
 from tunneler.dns.pool import VipPool
 from tunneler.engine.dnsserver import DNS_PORT, DnsServer, Upstream
+from tunneler.engine.events import Events
 from tunneler.engine.limits import Limits
-from tunneler.engine.policy import InterceptPolicy
-from tunneler.engine.stats import Stats
+from tunneler.engine.policy import DialTarget, InterceptPolicy
 from tunneler.engine.tcp import TcpInterceptor
 from tunneler.engine.tunreader import TunPump
 from tunneler.engine.udp import UdpInterceptor
+from tunneler.intercept import Intercept
 from tunneler.log import get_logger
-from tunneler.ops import stats as ops_stats
 from tunneler.overlay import DialContext
 from tunneler.packet.parse import PROTO_TCP, PROTO_UDP, DropReason, Parsed, parse
 from tunneler.tun.device import TunDevice
@@ -36,23 +39,31 @@ log = get_logger("engine")
 TICK = 1.0
 
 
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """What the engine shows the ops layer, taken at one moment."""
+
+    intercepts: tuple[tuple[Intercept, DialTarget | None], ...]  # in table order
+    counters: Counters
+    upstreams: tuple[str, ...]                                    # "host:port"
+
+
 class Engine:
     """The intercepting data path over one TUN device."""
 
     def __init__(self, tun: TunDevice, contexts: Sequence[DialContext], pool: VipPool, *,
                  limits: Limits | None = None, upstreams: Sequence[Upstream] = (),
-                 counters: ops_stats.Stats | None = None) -> None:
+                 metrics: Metrics | None = None) -> None:
         self.limits = limits or Limits()
-        self.stats = Stats()
-        self.counters = counters or ops_stats.Stats()
+        self.metrics = metrics or Metrics()
+        self.events = Events(self.metrics)
         self.pool = pool
-        self.pump = TunPump(tun, self.stats)
+        self.pump = TunPump(tun, self.events)
         self.policy = InterceptPolicy(contexts, pool)
         self.responder = DnsResponder(pool, upstream=bool(upstreams))
-        self.dns = DnsServer(self.pump, self.responder, self.stats, self.limits, upstreams,
+        self.dns = DnsServer(self.pump, self.responder, self.events, self.limits, upstreams,
                              [pool.network, ipaddress.ip_network("127.0.0.0/8")])
-        self.udp = UdpInterceptor(self.pump, self.policy, pool, self.stats, self.limits,
-                                  self.counters)
+        self.udp = UdpInterceptor(self.pump, self.policy, pool, self.events, self.limits)
         self.tcp: TcpInterceptor | None = None
         self._parsed = Parsed()
         self._dns_ip = int(pool.dns_ip)
@@ -63,8 +74,8 @@ class Engine:
         """Reserve N, open the listener on T, load the intercepts, read the TUN."""
         loop = self._loop = asyncio.get_running_loop()
         nat_ip = self.pool.reserve()
-        self.tcp = TcpInterceptor(self.pump, self.policy, self.pool, self.stats, self.limits,
-                                  self.dns.tcp_protocol, nat_ip, self.counters)
+        self.tcp = TcpInterceptor(self.pump, self.policy, self.pool, self.events, self.limits,
+                                  self.dns.tcp_protocol, nat_ip)
         await self.tcp.start()
         self.update_intercepts()
         self.pump.start(self.handle_packet)
@@ -80,11 +91,23 @@ class Engine:
         self.responder.set_intercepts(table.hostnames(), table.wildcard_domains(),
                                       self._loop.time())
 
+    def snapshot(self) -> EngineSnapshot:
+        """The intercepts, counters (with the DNS outcomes and the VIP pool) and upstreams."""
+        targets = self.policy.targets
+        counts, tally = self.metrics.counts, self.responder.tally()
+        dns = {"answered": tally.replies, "forwarded": counts[Count.DNS_FORWARDED],
+               "refused": counts[Count.DNS_REFUSED_IN_FLIGHT_CAP]
+               + counts[Count.DNS_UPSTREAM_FAILED], "dropped": tally.drops}
+        return EngineSnapshot(
+            tuple((i, targets.get(i.service)) for i in self.policy.table.intercepts),
+            self.metrics.snapshot(PoolUsage(self.pool.capacity, self.pool.in_use), dns),
+            tuple(f"{host}:{port}" for host, port in self.dns.upstreams))
+
     def handle_packet(self, packet: memoryview) -> None:
         """One packet read from the TUN."""
         parsed = parse(packet, self._parsed)
         if isinstance(parsed, DropReason):
-            self.stats.count(f"drop_{parsed.value}")
+            self.metrics.drop(parsed)
             return
         assert self._loop is not None and self.tcp is not None
         now = self._loop.time()
@@ -96,7 +119,7 @@ class Engine:
             else:
                 self.udp.handle(packet, parsed, now)
         else:
-            self.stats.count("drop_icmp")
+            self.metrics.drop(Drop.ICMP)
 
     def _tick(self) -> None:
         assert self._loop is not None and self.tcp is not None
@@ -124,4 +147,4 @@ class Engine:
         if self._ticker is not None:
             self._ticker.cancel()
         dns = {f"dns_{key}": value for key, value in self.responder.counters.items()}
-        log.info("engine.stopped", **self.stats.snapshot(), **dns)
+        log.info("engine.stopped", **self.metrics.totals(), **dns)

@@ -28,16 +28,16 @@ from ipaddress import IPv4Address
 from typing import cast
 
 from tunneler.bridges import reset
+from tunneler.counters import Count, Drop, Metrics, Refusal
 from tunneler.dns.pool import VipPool
 from tunneler.engine.bridge import InterceptBridge
 from tunneler.engine.dialer import FlowInterceptor, dial_flow
 from tunneler.engine.dnsserver import DNS_PORT
+from tunneler.engine.events import Events
 from tunneler.engine.limits import Limits
 from tunneler.engine.policy import InterceptPolicy, Match
-from tunneler.engine.stats import Stats
 from tunneler.engine.tunreader import TunPump
-from tunneler.nat import FlowState, OriginalDestination, TcpNat
-from tunneler.ops import stats as ops_stats
+from tunneler.nat import FlowState, NatDrop, OriginalDestination, TcpNat
 from tunneler.packet.build import build_tcp_rst
 from tunneler.packet.parse import TCP_ACK, TCP_RST, TCP_SYN, DropReason, Parsed, parse
 
@@ -45,6 +45,9 @@ LISTEN_BACKLOG = 1024
 IP_FREEBIND = 15  # linux/in.h
 _PORT = struct.Struct("!H")
 
+NAT_REFUSALS = {NatDrop.NOT_TCP4: Refusal.NAT_NOT_TCP4, NatDrop.NO_FLOW: Refusal.NAT_NO_FLOW,
+                NatDrop.TABLE_FULL: Refusal.NAT_TABLE_FULL,
+                NatDrop.PORTS_EXHAUSTED: Refusal.NAT_PORTS_EXHAUSTED}
 DnsProtocolFactory = Callable[[Callable[[], None]], asyncio.Protocol]
 
 
@@ -63,11 +66,11 @@ class _Pending:
     __slots__ = ("bridge", "key", "service", "syn", "task")
 
     def __init__(self, key: OriginalDestination, syn: bytes, service: str,
-                 counters: ops_stats.Stats) -> None:
+                 metrics: Metrics) -> None:
         self.key = key
         self.syn = syn
         self.service = service
-        self.bridge = InterceptBridge(counters.meter(service), counters)
+        self.bridge = InterceptBridge(metrics.meter(service), metrics)
         self.task: asyncio.Task[None] | None = None
 
 
@@ -84,10 +87,9 @@ class _Acceptor(asyncio.Protocol):
 class TcpInterceptor(FlowInterceptor):
     """SYN handling, overlay dials, the hairpin NAT and the local listener."""
 
-    def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, stats: Stats,
-                 limits: Limits, dns_protocol: DnsProtocolFactory, nat_ip: IPv4Address,
-                 counters: ops_stats.Stats) -> None:
-        super().__init__(pump, policy, pool, stats, limits, counters)
+    def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, events: Events,
+                 limits: Limits, dns_protocol: DnsProtocolFactory, nat_ip: IPv4Address) -> None:
+        super().__init__(pump, policy, pool, events, limits)
         self._dns_protocol = dns_protocol
         self._tun_ip = int(pool.tun_ip)
         self._dns_ip = int(pool.dns_ip)
@@ -141,7 +143,7 @@ class TcpInterceptor(FlowInterceptor):
             if nat.inbound(packet, parsed, now) is None:
                 self.pump.write(packet)
             else:
-                self.stats.count("tcp_inbound_no_flow")
+                self.metrics.count(Count.TCP_INBOUND_NO_FLOW)
             return
         if parsed.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN:
             self._syn(packet, parsed, now)
@@ -149,25 +151,25 @@ class TcpInterceptor(FlowInterceptor):
         if nat.outbound(packet, parsed, now) is None:
             self.pump.write(packet)
         else:
-            self.stats.count("tcp_outbound_no_flow")
+            self.metrics.count(Count.TCP_OUTBOUND_NO_FLOW)
             self._refuse(packet, parsed)
 
     def _syn(self, packet: memoryview, parsed: Parsed, now: float) -> None:
         key = OriginalDestination(parsed.src, parsed.src_port, parsed.dst, parsed.dst_port)
         if key in self._pending:
-            self.stats.count("tcp_syn_retransmit_dropped")
+            self.metrics.drop(Drop.TCP_SYN_RETRANSMIT)
             return
         flow = self._by_key.get(key)
         if flow is not None and self._nat().state(flow.nat_port) is not FlowState.CLOSED:
             self._forward_syn(packet, parsed, now)  # a retransmission after the release
             return
         if self.draining:
-            self.stats.count("tcp_refused_draining")
+            self.metrics.refuse(Refusal.DRAINING)
             self._refuse(packet, parsed)
         elif parsed.dst == self._dns_ip and parsed.dst_port == DNS_PORT:
             self._open_dns(packet, parsed, key, now)
         elif parsed.version != 4:
-            self.stats.count("tcp_refused_not_ipv4")
+            self.metrics.refuse(Refusal.NOT_IPV4)
             self._refuse(packet, parsed)
         else:
             self._new_flow(packet, parsed, key)
@@ -175,29 +177,29 @@ class TcpInterceptor(FlowInterceptor):
     def _new_flow(self, packet: memoryview, parsed: Parsed, key: OriginalDestination) -> None:
         match = self.policy.match("tcp", parsed.dst, parsed.dst_port)
         if match is None:
-            self.stats.count("tcp_refused_no_intercept")
+            self.metrics.refuse(Refusal.NO_INTERCEPT)
             self._refuse(packet, parsed)
         elif len(self._by_port) + len(self._pending) >= self.limits.max_tcp_flows:
-            self.stats.count("tcp_refused_flow_cap")
+            self.metrics.refuse(Refusal.FLOW_CAP)
             self._refuse(packet, parsed)
         elif len(self._pending) >= self.limits.max_pending_dials:
-            self.stats.count("tcp_refused_pending_cap")
+            self.metrics.refuse(Refusal.PENDING_CAP)
             self._refuse(packet, parsed)
         elif self._pending_by_service[match.target.service] >= self._service_pending_cap:
-            self.stats.count("tcp_refused_service_pending_cap")  # a flood spares other services
+            self.metrics.refuse(Refusal.SERVICE_PENDING_CAP)  # a flood spares other services
             self._refuse(packet, parsed)
         else:
-            pending = _Pending(key, bytes(packet), match.target.service, self.counters)
+            pending = _Pending(key, bytes(packet), match.target.service, self.metrics)
             self._pending[key] = pending
             self._pending_by_service[pending.service] += 1
             pending.task = asyncio.get_running_loop().create_task(self._dial(pending, match))
-            self.stats.count("tcp_dials_started")
+            self.metrics.count(Count.TCP_DIALS_STARTED)
 
     def _forward_syn(self, packet: memoryview, parsed: Parsed, now: float) -> int | None:
         """NAT-rewrite a SYN and write it into the TUN; returns the NAT port or None."""
         drop = self._nat().outbound(packet, parsed, now)
         if drop is not None:
-            self.stats.count(f"tcp_refused_nat_{drop.value}")
+            self.metrics.refuse(NAT_REFUSALS[drop])
             self._refuse(packet, parsed)
             return None
         nat_port: int = _PORT.unpack_from(packet, parsed.l4_offset)[0]
@@ -215,13 +217,12 @@ class TcpInterceptor(FlowInterceptor):
         rst = build_tcp_rst(packet, parsed)
         if rst is not None:
             self.pump.write(rst)
-            self.stats.count("tcp_rst_sent")
+            self.metrics.count(Count.TCP_RST_SENT)
 
     # -- dialing -------------------------------------------------------------------------------
     async def _dial(self, pending: _Pending, match: Match) -> None:
         try:
-            dialed = await dial_flow(match, pending.bridge, "tcp", pending.key, self.stats,
-                                     self.counters)
+            dialed = await dial_flow(match, pending.bridge, "tcp", pending.key, self.events)
         finally:
             self._pending.pop(pending.key, None)
             self._pending_by_service[pending.service] -= 1
@@ -260,8 +261,7 @@ class TcpInterceptor(FlowInterceptor):
         vip = IPv4Address(pending.key.dst_ip)
         self.pool.acquire(vip, loop.time())
         bridge.on_lost(lambda: self._finish(flow))
-        self.stats.flow_opened("tcp", pending.service, pending.key)
-        self.counters.flow_opened(pending.service)
+        self.events.flow_opened("tcp", pending.service, pending.key)
 
     # -- accepted sockets ----------------------------------------------------------------------
     def accepted(self, transport: asyncio.Transport) -> None:
@@ -269,7 +269,7 @@ class TcpInterceptor(FlowInterceptor):
         peer = transport.get_extra_info("peername")
         flow = self._by_port.get(peer[1]) if peer and peer[0] == str(self._nat_ip) else None
         if flow is None:
-            self.stats.count("tcp_accept_unknown")
+            self.metrics.count(Count.TCP_ACCEPT_UNKNOWN)
             reset(transport)
             return
         protocol: asyncio.Protocol
@@ -293,15 +293,14 @@ class TcpInterceptor(FlowInterceptor):
             self._drained.set()
         if flow.bridge is not None:
             self.pool.release(IPv4Address(flow.key.dst_ip), loop.time())
-            self.stats.flow_closed("tcp", flow.service, flow.key)
-            self.counters.flow_closed(flow.service)
+            self.events.flow_closed("tcp", flow.service, flow.key)
 
     def expire(self, now: float) -> None:
         """Drop NAT entries that timed out; give up flows whose socket never arrived."""
         for nat_port in self._nat().expire(now):
             flow = self._by_port.get(nat_port)
             if flow is not None:
-                self.stats.count("tcp_flows_expired")
+                self.metrics.count(Count.TCP_FLOWS_EXPIRED)
                 if flow.bridge is not None:
                     flow.bridge.abort()
                 self._finish(flow)

@@ -1,6 +1,6 @@
 """The single reader and writer of the TUN device (design.md §2: one owner, batched reads).
 
-``TunPump(tun, handler, stats)`` registers the TUN fd with ``loop.add_reader``; each time it is
+``TunPump(tun, events)`` registers the TUN fd with ``loop.add_reader``; each time it is
 readable up to ``batch`` packets are read into one reused buffer and passed to
 ``handler(packet)`` as a writable ``memoryview`` of exactly the packet's bytes, valid only
 during the call (a handler that keeps a packet copies it). A handler exception is counted and
@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from tunneler.engine.stats import Stats
+from tunneler.counters import Count, Drop
+from tunneler.engine.events import Events
 from tunneler.tun.device import MAX_FRAME, TunDevice
 
 DEFAULT_BATCH = 64
@@ -23,9 +24,10 @@ PacketHandler = Callable[[memoryview], None]
 class TunPump:
     """Reads packets from a TUN device into a handler; writes packets back."""
 
-    def __init__(self, tun: TunDevice, stats: Stats, *, batch: int = DEFAULT_BATCH) -> None:
+    def __init__(self, tun: TunDevice, events: Events, *, batch: int = DEFAULT_BATCH) -> None:
         self.tun = tun
-        self.stats = stats
+        self.events = events
+        self.metrics = events.metrics
         self.batch = batch
         self._handler: PacketHandler | None = None
         self._buffer = bytearray(MAX_FRAME)
@@ -49,13 +51,13 @@ class TunPump:
         try:
             written = self.tun.write(packet)
         except OSError as exc:
-            self.stats.count("tun_write_errors")
-            self.stats.warn("engine.tun_write_failed", error=str(exc))
+            self.metrics.count(Count.TUN_WRITE_ERRORS)
+            self.events.warn("engine.tun_write_failed", error=str(exc))
             return
         if written:
-            self.stats.count("tun_packets_out")
+            self.metrics.count(Count.TUN_PACKETS_OUT)
         else:
-            self.stats.count("tun_write_dropped")
+            self.metrics.drop(Drop.TUN_WRITE)
 
     def _readable(self) -> None:
         handler = self._handler
@@ -65,14 +67,14 @@ class TunPump:
             try:
                 size = self.tun.read_into(self._buffer)
             except OSError as exc:
-                self.stats.count("tun_read_errors")
-                self.stats.warn("engine.tun_read_failed", error=str(exc))
+                self.metrics.count(Count.TUN_READ_ERRORS)
+                self.events.warn("engine.tun_read_failed", error=str(exc))
                 return
             if size <= 0:
                 return
-            self.stats.count("tun_packets_in")
+            self.metrics.count(Count.TUN_PACKETS_IN)
             try:
                 handler(view[:size])
             except Exception as exc:  # noqa: BLE001  (boundary: one packet must never stop the loop)
-                self.stats.count("handler_errors")
-                self.stats.warn("engine.packet_handler_failed", error=repr(exc), exc_info=exc)
+                self.metrics.count(Count.HANDLER_ERRORS)
+                self.events.warn("engine.packet_handler_failed", error=repr(exc), exc_info=exc)

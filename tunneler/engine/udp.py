@@ -6,7 +6,7 @@ the dial is pending are queued (at most ``Limits.max_udp_queued``, then dropped 
 Each datagram from the service becomes one UDP packet ``VIP:vport -> app`` written into the
 TUN. A flow ends after ``udp_idle_timeout`` seconds without traffic either way, or when the
 overlay connection closes. Flows, payload bytes, dials and the pending queue's size are counted
-per service in the ops counters.
+per service in the metrics.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 from ipaddress import IPv4Address
 
+from tunneler.counters import Buffer, Drop, Refusal
 from tunneler.dns.pool import VipPool
 from tunneler.engine.dialer import FlowInterceptor, dial_flow
+from tunneler.engine.events import Events
 from tunneler.engine.limits import Limits
 from tunneler.engine.policy import InterceptPolicy, Match
-from tunneler.engine.stats import Stats
 from tunneler.engine.tunreader import TunPump
 from tunneler.nat import NatDrop, OriginalDestination, UdpFlowTable
-from tunneler.ops import stats as ops_stats
 from tunneler.overlay import OverlayConnection
 from tunneler.packet.build import MAX_UDP_PAYLOAD, build_icmp_port_unreachable, build_udp4
 from tunneler.packet.parse import Parsed
@@ -36,7 +36,7 @@ class UdpFlow:
         self.flow_id = flow_id
         self.key = key
         self.service = service
-        self.meter = owner.counters.meter(service)
+        self.meter = owner.metrics.meter(service)
         self.conn: OverlayConnection | None = None
         self.queue: list[bytes] = []
         self.queued_bytes = 0
@@ -51,9 +51,9 @@ class UdpFlow:
         elif len(self.queue) < self.owner.limits.max_udp_queued:
             self.queue.append(payload)
             self.queued_bytes += len(payload)
-            self.owner.counters.buffer_level("udp_dial_queue", self.queued_bytes)
+            self.owner.metrics.buffer_level(Buffer.UDP_DIAL_QUEUE, self.queued_bytes)
         else:
-            self.owner.stats.count("udp_queue_dropped")
+            self.owner.metrics.drop(Drop.UDP_QUEUE)
 
     def close(self) -> None:
         """End the flow (idle, shutdown, or dial failure)."""
@@ -76,7 +76,7 @@ class UdpFlow:
 
     def edge_data(self, data: bytes) -> None:
         if self.closed or len(data) > MAX_UDP_PAYLOAD:
-            self.owner.stats.count("udp_reply_dropped")
+            self.owner.metrics.drop(Drop.UDP_REPLY)
             return
         key = self.key
         self.meter.bytes_down += len(data)
@@ -96,9 +96,9 @@ class UdpFlow:
 class UdpInterceptor(FlowInterceptor):
     """The UDP flows of intercepted services."""
 
-    def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, stats: Stats,
-                 limits: Limits, counters: ops_stats.Stats) -> None:
-        super().__init__(pump, policy, pool, stats, limits, counters)
+    def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, events: Events,
+                 limits: Limits) -> None:
+        super().__init__(pump, policy, pool, events, limits)
         self.table = UdpFlowTable(max_flows=limits.max_udp_flows,
                                   idle_timeout=limits.udp_idle_timeout)
         self._flows: dict[int, UdpFlow] = {}
@@ -110,7 +110,7 @@ class UdpInterceptor(FlowInterceptor):
         """One UDP datagram from the app (not to the DNS IP)."""
         result = self.table.flow_for(parsed, now)
         if isinstance(result, NatDrop):
-            self.stats.count("udp_refused_flow_cap")
+            self.metrics.refuse(Refusal.FLOW_CAP)
             return
         flow_id, created = result
         payload = bytes(packet[parsed.payload_offset:])
@@ -123,7 +123,7 @@ class UdpInterceptor(FlowInterceptor):
             "udp", parsed.dst, parsed.dst_port)
         if match is None:
             self.table.remove(flow_id)
-            self.stats.count("udp_refused_no_intercept")
+            self.metrics.refuse(Refusal.NO_INTERCEPT)
             unreachable = build_icmp_port_unreachable(packet, parsed)
             if unreachable is not None:
                 self.pump.write(unreachable)
@@ -134,11 +134,10 @@ class UdpInterceptor(FlowInterceptor):
         self.pool.acquire(IPv4Address(key.dst_ip), now)
         flow.send(payload)
         flow.task = asyncio.get_running_loop().create_task(self._dial(flow, match))
-        self.stats.flow_opened("udp", flow.service, flow.key)
-        self.counters.flow_opened(flow.service)
+        self.events.flow_opened("udp", flow.service, flow.key)
 
     async def _dial(self, flow: UdpFlow, match: Match) -> None:
-        if not await dial_flow(match, flow, "udp", flow.key, self.stats, self.counters):
+        if not await dial_flow(match, flow, "udp", flow.key, self.events):
             self.remove(flow.flow_id)
 
     def reply(self, flow_id: int, packet: bytes) -> None:
@@ -153,8 +152,7 @@ class UdpInterceptor(FlowInterceptor):
         if flow is not None:
             flow.close()
             self.pool.release(IPv4Address(flow.key.dst_ip), asyncio.get_running_loop().time())
-            self.stats.flow_closed("udp", flow.service, flow.key)
-            self.counters.flow_closed(flow.service)
+            self.events.flow_closed("udp", flow.service, flow.key)
 
     def expire(self, now: float) -> None:
         """End flows idle for the timeout."""

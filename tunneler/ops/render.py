@@ -11,7 +11,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from tunneler.ops.snapshot import Counters, InterceptRow, Status, problems, to_json
+from tunneler.counters import Counters
+from tunneler.ops.snapshot import InterceptRow, Status, problems, to_json
 
 ELLIPSIS = "…"
 GAP = "  "

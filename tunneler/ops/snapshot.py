@@ -16,6 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from tunneler.counters import Counters
+
 T = TypeVar("T")
 
 
@@ -85,42 +87,6 @@ class DnsStatus:
     method: str                        # systemd-resolved | resolv.conf | none
     applied: bool
     upstreams: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ServiceCounters:
-    flows_opened: int = 0
-    flows_active: int = 0
-    bytes_up: int = 0                  # application -> overlay
-    bytes_down: int = 0                # overlay -> application
-
-
-@dataclass(frozen=True)
-class Histogram:
-    """Non-cumulative bucket counts: counts[i] for values <= bounds[i], the last one +Inf."""
-
-    bounds: tuple[float, ...] = ()
-    counts: tuple[int, ...] = (0,)
-    total: float = 0.0
-    count: int = 0
-
-
-@dataclass(frozen=True)
-class PoolUsage:
-    size: int
-    used: int
-
-
-@dataclass(frozen=True)
-class Counters:
-    flows: ServiceCounters = field(default_factory=ServiceCounters)   # totals of all services
-    services: dict[str, ServiceCounters] = field(default_factory=dict)  # per service, if known
-    dns: dict[str, int] = field(default_factory=dict)              # answered/forwarded/...
-    dial_failures: dict[str, int] = field(default_factory=dict)    # by reason
-    packets_dropped: dict[str, int] = field(default_factory=dict)  # by reason
-    dial_latency: Histogram = field(default_factory=Histogram)
-    vip_pool: PoolUsage | None = None
-    buffer_high_water: dict[str, int] = field(default_factory=dict)  # bytes, by buffer
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,12 @@
 """What both daemons' `DaemonView`s share: `ContextsView` (identities, routers, refresh, log
-level) and `engine_counters`. The views themselves live beside what they read
+level). The views themselves live beside what they read
 (`tunneler.daemon_view.InterceptView`, `tunneler.host.HostView`), so ops imports neither.
 
 They read the running objects on request and build `snapshot` values; nothing here changes
 the data path except `refresh()` (a service refresh now) and `set_log_level()`.
 Router links and controller reachability come from `ZitiContext`'s read-only `links()` and
-`controller_contact`; per-service flows, bytes and dial latency from the `Stats` the daemon's
-data path counts into; DNS and drop counters from the engine's own flat counters.
+`controller_contact`; counters from the `tunneler.counters.Metrics` the daemon's data path
+counts into (through `Engine.snapshot()` in intercept mode, with the DNS outcomes).
 """
 
 from __future__ import annotations
@@ -14,17 +14,13 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from tunneler import log
 from tunneler.client.context import ZitiContext
+from tunneler.counters import Metrics
 from tunneler.errors import ControllerError, DialError
-from tunneler.ops.snapshot import (
-    Counters,
-    IdentityStatus,
-    RouterStatus,
-)
-from tunneler.ops.stats import Stats
+from tunneler.ops.snapshot import IdentityStatus, RouterStatus
 
 logger = log.get_logger("ops")
 
@@ -56,9 +52,9 @@ def best_router(ctx: ZitiContext) -> RouterStatus | None:
 class ContextsView:
     """What both daemons share: identities, routers, refresh and log level."""
 
-    def __init__(self, contexts: Sequence[ZitiContext], stats: Stats | None = None) -> None:
+    def __init__(self, contexts: Sequence[ZitiContext], stats: Metrics | None = None) -> None:
         self.contexts = list(contexts)
-        self.stats = stats or Stats()
+        self.stats = stats or Metrics()
         self.started = time.monotonic()
 
     def identities(self) -> tuple[IdentityStatus, ...]:
@@ -117,24 +113,3 @@ class ContextsView:
                 except (DialError, ControllerError, OSError) as exc:
                     logger.debug("ops.router_link_pending", identity=ctx.name, error=str(exc))
             await asyncio.sleep(interval)
-
-
-def engine_counters(raw: Mapping[str, int], dns: Mapping[str, int]) -> Counters:
-    """Map the engine's flat counters (`drop_<reason>`, `tcp_refused_<reason>`, DNS outcomes)
-    to `Counters` (flows, bytes and failed dials are counted per service in `Stats`)."""
-    def total(*names: str) -> int:
-        return sum(raw.get(n, 0) for n in names)
-
-    drops = {k.removeprefix("drop_"): v for k, v in raw.items() if k.startswith("drop_")}
-    drops.update({k: v for k, v in raw.items() if k.endswith("_dropped")})
-    failures: dict[str, int] = {}
-    for key, value in raw.items():
-        if key.startswith(("tcp_refused_", "udp_refused_")):
-            reason = key.split("_refused_", 1)[1]
-            failures[reason] = failures.get(reason, 0) + value
-    dns_dropped = sum(v for k, v in dns.items() if k not in ("reply", "forward"))
-    return Counters(
-        dns={"answered": dns.get("reply", 0), "forwarded": total("dns_forwarded"),
-             "refused": total("dns_refused_in_flight_cap", "dns_upstream_failed"),
-             "dropped": dns_dropped},
-        dial_failures=failures, packets_dropped=drops)

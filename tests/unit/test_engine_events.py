@@ -1,4 +1,4 @@
-"""Engine counters and logs: rate-limited warnings, flow events at debug level."""
+"""Engine events: rate-limited warnings, flows counted and logged at debug level."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-from tunneler.engine.stats import Stats
+from tunneler.counters import Count, Metrics
+from tunneler.engine.events import Events
 from tunneler.nat import OriginalDestination
 
 
@@ -22,23 +23,25 @@ def _every_level_logged() -> Iterator[None]:
 
 
 def test_warnings_are_rate_limited_and_suppressions_counted() -> None:
-    stats = Stats(interval=60.0)
+    events = Events(Metrics(), interval=60.0)
     with capture_logs() as logs:
         for _ in range(5):
-            stats.warn("engine.tcp_dial_failed", service="llm")
+            events.warn("engine.tcp_dial_failed", service="llm")
     assert [entry["event"] for entry in logs] == ["engine.tcp_dial_failed"]
-    assert stats.counters["log_suppressed"] == 4
+    assert events.metrics.counts[Count.LOG_SUPPRESSED] == 4
 
 
 def test_flows_are_counted_and_logged_with_their_endpoints() -> None:
-    stats = Stats()
+    events = Events(Metrics())
     key = OriginalDestination(int(IPv4Address("100.64.0.1")), 45000,
                               int(IPv4Address("100.64.0.4")), 8000)
     with capture_logs() as logs:
-        stats.flow_opened("tcp", "llm", key)
-        stats.flow_closed("tcp", "llm", key)
+        events.flow_opened("tcp", "llm", key)
+        events.flow_closed("tcp", "llm", key)
     assert [(e["event"], e["log_level"]) for e in logs] == [("flow.opened", "debug"),
                                                              ("flow.closed", "debug")]
     assert logs[0]["src"] == "100.64.0.1:45000" and logs[0]["dst"] == "100.64.0.4:8000"
     assert logs[0]["service"] == "llm" and logs[0]["proto"] == "tcp"
-    assert stats.snapshot() == {"tcp_flows_closed": 1, "tcp_flows_opened": 1}
+    assert events.metrics.totals() == {"tcp_flows_closed": 1, "tcp_flows_opened": 1}
+    assert events.metrics.snapshot().services["llm"].flows_opened == 1
+    assert events.metrics.active_flows("llm") == 0

@@ -23,16 +23,23 @@ nothing waits on the listener side: ``short_linger`` (10 s) absorbs stray segmen
 entries do not count against ``max_flows`` (only the port range bounds them), so a sustained
 connection rate is limited by ports / linger, not by the active-flow cap.
 
+The NAT owns the one record of each flow (``NatFlow``): the engine keeps no table of its own
+but hangs what it needs on the record's ``endpoint`` (the bridge of a dialed flow, the
+protocol of a local endpoint), typed by the table's parameter ``T``.
+
 API:
 
-- ``TcpNat(tun_ip, nat_ip, listen_port, ...)``; ``is_inbound(parsed)`` tells a listener reply
-  (for ``inbound``) from an app's packet (for ``outbound``); each returns None after rewriting
-  ``packet`` (a bytearray) in place, or a ``NatDrop`` (counted in ``drops``). Only a plain SYN
-  (no ACK) opens a flow, so the engine must call ``outbound`` only for packets to intercepted
-  addresses and may answer a ``NO_FLOW`` or refused SYN with ``packet.build.build_tcp_rst``.
-- ``state(natport) -> FlowState | None``; ``close(natport, now)`` when the engine is done with
-  a flow; ``expire(now) -> list[int]`` (freed nat ports), called about once a second.
-- ``UdpFlowTable``: 4-tuple -> flow id with idle expiry and a cap, for UDP relaying.
+- ``TcpNat[T](tun_ip, nat_ip, listen_port, ...)``; ``is_inbound(parsed)`` tells a listener
+  reply (for ``inbound``) from an app's packet (for ``outbound``); each returns the flow after
+  rewriting ``packet`` (a bytearray) in place, or a ``NatDrop`` (counted in ``drops``). Only a
+  plain SYN (no ACK) opens a flow, so the engine must call ``outbound`` only for packets to
+  intercepted addresses and may answer a ``NO_FLOW`` or refused SYN with
+  ``packet.build.build_tcp_rst``.
+- ``flow(natport)`` and ``flow_for(key)`` find a flow; ``flows()`` lists them; ``close(natport,
+  now)`` when the engine is done with a flow; ``expire(now) -> list[NatFlow[T]]`` (the flows
+  removed), called about once a second.
+- ``UdpFlowTable[T]``: 4-tuple -> flow id with idle expiry and a cap, for UDP relaying, with
+  the engine's endpoint of each flow (``attach``, ``endpoint``, ``remove``).
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import enum
 import random
 import struct
 from collections import Counter, OrderedDict
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 from tunneler.packet.checksum import address_words, apply_delta, checksum_delta
 from tunneler.packet.parse import PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, Parsed
@@ -55,6 +62,8 @@ HALF_CLOSED_TIMEOUT = 300.0
 CLOSED_LINGER = 60.0  # the listener closed first: its socket sits in TIME_WAIT (60 s on Linux)
 SHORT_LINGER = 10.0  # the app closed first, or a reset: only stray segments can still come
 UDP_IDLE_TIMEOUT = 30.0  # a UDP flow without traffic either way (engine and run-host alike)
+
+T = TypeVar("T")
 
 _ADDRS = struct.Struct("!II")
 _PORTS = struct.Struct("!HH")
@@ -88,8 +97,11 @@ class OriginalDestination(NamedTuple):
     dst_port: int
 
 
-class _Flow:
+class NatFlow(Generic[T]):
+    """One flow: its 4-tuple, nat port, state, and the engine's ``endpoint`` (None at first)."""
+
     __slots__ = (
+        "endpoint",
         "fin_in",
         "fin_out",
         "ip_in",
@@ -110,6 +122,7 @@ class _Flow:
         self.last_seen = now
         self.fin_out = self.fin_in = self.listener_first = False
         self.ip_out = self.l4_out = self.ip_in = self.l4_in = 0
+        self.endpoint: T | None = None
 
 
 def _deltas(
@@ -124,7 +137,7 @@ def _deltas(
     return checksum_delta(old, new), checksum_delta(old + old_ports, new + new_ports)
 
 
-class TcpNat:
+class TcpNat(Generic[T]):
     """The hairpin NAT table of design.md §2 (TCP over IPv4)."""
 
     def __init__(
@@ -159,8 +172,8 @@ class TcpNat:
         }
         self._short_linger = short_linger
         self._closed = 0
-        self._by_key: dict[OriginalDestination, _Flow] = {}
-        self._by_port: dict[int, _Flow] = {}
+        self._by_key: dict[OriginalDestination, NatFlow[T]] = {}
+        self._by_port: dict[int, NatFlow[T]] = {}
         self.drops: Counter[NatDrop] = Counter()
         self.opened = 0
         self.expired = 0
@@ -183,7 +196,7 @@ class TcpNat:
 
     def outbound(
         self, packet: bytearray | memoryview, parsed: Parsed, now: float
-    ) -> NatDrop | None:
+    ) -> NatFlow[T] | NatDrop:
         """Rewrite ``T:sport -> VIP:vport`` to ``N:natport -> T:L``, opening a flow on SYN."""
         if parsed.version != 4 or parsed.proto != PROTO_TCP:
             return self._drop(NatDrop.NOT_TCP4)
@@ -206,11 +219,11 @@ class TcpNat:
             (self.nat_ip, self.tun_ip),
             (flow.nat_port, self.listen_port),
         )
-        return None
+        return flow
 
     def inbound(
         self, packet: bytearray | memoryview, parsed: Parsed, now: float
-    ) -> NatDrop | None:
+    ) -> NatFlow[T] | NatDrop:
         """Rewrite a listener reply ``T:L -> N:natport`` to ``VIP:vport -> T:sport``."""
         if parsed.version != 4 or parsed.proto != PROTO_TCP or not self.is_inbound(parsed):
             return self._drop(NatDrop.NOT_TCP4)
@@ -227,12 +240,24 @@ class TcpNat:
             (key.dst_ip, key.src_ip),
             (key.dst_port, key.src_port),
         )
-        return None
+        return flow
 
     def state(self, nat_port: int) -> FlowState | None:
         """Return the state of the flow using ``nat_port``, if any."""
         flow = self._by_port.get(nat_port)
         return flow.state if flow is not None else None
+
+    def flow(self, nat_port: int) -> NatFlow[T] | None:
+        """The flow using ``nat_port`` (an accepted socket's peer port), if any."""
+        return self._by_port.get(nat_port)
+
+    def flow_for(self, key: OriginalDestination) -> NatFlow[T] | None:
+        """The newest flow of the app's 4-tuple, if any."""
+        return self._by_key.get(key)
+
+    def flows(self) -> list[NatFlow[T]]:
+        """Every flow in the table (closed ones that still linger included)."""
+        return list(self._by_port.values())
 
     def close(self, nat_port: int, now: float) -> None:
         """Mark a flow closed (the engine is done with it); its port frees after the linger."""
@@ -243,24 +268,21 @@ class TcpNat:
             self._set_closed(flow)
             flow.last_seen = now
 
-    def expire(self, now: float) -> list[int]:
-        """Remove timed-out flows; return the nat ports freed."""
-        freed = [
-            port
-            for port, flow in self._by_port.items()
-            if now - flow.last_seen >= self._timeout(flow)
-        ]
-        for port in freed:
-            self._remove(self._by_port[port])
+    def expire(self, now: float) -> list[NatFlow[T]]:
+        """Remove timed-out flows (their nat ports are free again); return them."""
+        freed = [flow for flow in self._by_port.values()
+                 if now - flow.last_seen >= self._timeout(flow)]
+        for flow in freed:
+            self._remove(flow)
         self.expired += len(freed)
         return freed
 
-    def _timeout(self, flow: _Flow) -> float:
+    def _timeout(self, flow: NatFlow[T]) -> float:
         if flow.state is FlowState.CLOSED and not flow.listener_first:
             return self._short_linger
         return self._timeouts[flow.state]
 
-    def _set_closed(self, flow: _Flow) -> None:
+    def _set_closed(self, flow: NatFlow[T]) -> None:
         flow.state = FlowState.CLOSED
         self._closed += 1
 
@@ -268,13 +290,13 @@ class TcpNat:
         self.drops[reason] += 1
         return reason
 
-    def _open(self, key: OriginalDestination, now: float) -> _Flow | NatDrop:
+    def _open(self, key: OriginalDestination, now: float) -> NatFlow[T] | NatDrop:
         if self.active >= self.max_flows:
             return NatDrop.TABLE_FULL
         nat_port = self._allocate_port()
         if nat_port is None:
             return NatDrop.PORTS_EXHAUSTED
-        flow = _Flow(key, nat_port, now)
+        flow: NatFlow[T] = NatFlow(key, nat_port, now)
         flow.ip_out, flow.l4_out = _deltas(
             (key.src_ip, key.dst_ip),
             (self.nat_ip, self.tun_ip),
@@ -300,14 +322,14 @@ class TcpNat:
                 return port
         return None
 
-    def _remove(self, flow: _Flow) -> None:
+    def _remove(self, flow: NatFlow[T]) -> None:
         if flow.state is FlowState.CLOSED:
             self._closed -= 1
         del self._by_port[flow.nat_port]
         if self._by_key.get(flow.key) is flow:
             del self._by_key[flow.key]
 
-    def _track(self, flow: _Flow, flags: int, *, outbound: bool, now: float) -> None:
+    def _track(self, flow: NatFlow[T], flags: int, *, outbound: bool, now: float) -> None:
         flow.last_seen = now
         if flow.state is FlowState.CLOSED:
             return
@@ -343,7 +365,16 @@ class TcpNat:
         _SUM.pack_into(packet, l4 + 16, apply_delta(old, l4_delta))
 
 
-class UdpFlowTable:
+class _UdpEntry(Generic[T]):
+    __slots__ = ("endpoint", "key", "seen")
+
+    def __init__(self, key: OriginalDestination, seen: float) -> None:
+        self.key = key
+        self.seen = seen
+        self.endpoint: T | None = None
+
+
+class UdpFlowTable(Generic[T]):
     """UDP pseudo-flows: (src ip, src port, dst ip, dst port) -> flow id, idle expiry, cap."""
 
     def __init__(
@@ -352,7 +383,7 @@ class UdpFlowTable:
         self.max_flows = max_flows
         self.idle_timeout = idle_timeout
         self._ids: dict[OriginalDestination, int] = {}
-        self._flows: OrderedDict[int, tuple[OriginalDestination, float]] = OrderedDict()
+        self._flows: OrderedDict[int, _UdpEntry[T]] = OrderedDict()
         self._next_id = 1
         self.drops: Counter[NatDrop] = Counter()
 
@@ -372,34 +403,48 @@ class UdpFlowTable:
         flow_id = self._next_id
         self._next_id += 1
         self._ids[key] = flow_id
-        self._flows[flow_id] = (key, now)
+        self._flows[flow_id] = _UdpEntry(key, now)
         return flow_id, True
 
     def get(self, flow_id: int) -> OriginalDestination | None:
         """Return the 4-tuple of a flow (replies go ``dst -> src``)."""
         entry = self._flows.get(flow_id)
-        return entry[0] if entry is not None else None
+        return entry.key if entry is not None else None
+
+    def attach(self, flow_id: int, endpoint: T) -> None:
+        """Hang the engine's endpoint on a flow."""
+        self._flows[flow_id].endpoint = endpoint
+
+    def endpoint(self, flow_id: int) -> T | None:
+        """The endpoint attached to a flow, if any."""
+        entry = self._flows.get(flow_id)
+        return entry.endpoint if entry is not None else None
+
+    def endpoints(self) -> list[T]:
+        """Every attached endpoint."""
+        return [e.endpoint for e in self._flows.values() if e.endpoint is not None]
 
     def touch(self, flow_id: int, now: float) -> None:
         """Record activity (either direction) on a flow."""
         entry = self._flows.get(flow_id)
         if entry is not None:
-            self._flows[flow_id] = (entry[0], now)
+            entry.seen = now
             self._flows.move_to_end(flow_id)
 
-    def remove(self, flow_id: int) -> None:
-        """Forget a flow (its overlay connection closed)."""
+    def remove(self, flow_id: int) -> T | None:
+        """Forget a flow (its overlay connection closed); return its endpoint."""
         entry = self._flows.pop(flow_id, None)
-        if entry is not None:
-            del self._ids[entry[0]]
+        if entry is None:
+            return None
+        del self._ids[entry.key]
+        return entry.endpoint
 
-    def expire(self, now: float) -> list[int]:
-        """Remove flows idle for ``idle_timeout``; return their ids (oldest first)."""
+    def expire(self, now: float) -> list[tuple[int, T | None]]:
+        """Remove flows idle for ``idle_timeout``; return their ids and endpoints (oldest
+        first)."""
         expired: list[int] = []
-        for flow_id, (_key, seen) in self._flows.items():
-            if now - seen < self.idle_timeout:
+        for flow_id, entry in self._flows.items():
+            if now - entry.seen < self.idle_timeout:
                 break
             expired.append(flow_id)
-        for flow_id in expired:
-            self.remove(flow_id)
-        return expired
+        return [(flow_id, self.remove(flow_id)) for flow_id in expired]

@@ -19,7 +19,7 @@ from tunneler.dns.answer import (
     read_question,
 )
 from tunneler.dns.pool import VipPool
-from tunneler.nat import NatDrop, TcpNat
+from tunneler.nat import NatDrop, NatFlow, TcpNat
 from tunneler.packet import DropReason, Parsed, parse
 from tunneler.packet.build import build_icmp_port_unreachable, build_tcp_rst
 from tunneler.packet.checksum import internet_checksum, ones_sum, pseudo_header_sum
@@ -85,8 +85,8 @@ def test_mutated_packets_through_parse_nat_and_builders(
     before = len(buf)
     translate = nat.inbound if nat.is_inbound(parsed) else nat.outbound  # as the engine does
     result = translate(buf, parsed, 0.0)
-    assert result is None or isinstance(result, NatDrop)
-    if result is None:
+    assert isinstance(result, NatFlow | NatDrop)
+    if isinstance(result, NatFlow):
         assert len(buf) == before
         again = parse(buf)
         assert isinstance(again, Parsed)

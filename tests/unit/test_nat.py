@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 
-from tunneler.nat import FlowState, NatDrop, OriginalDestination, TcpNat, UdpFlowTable
+from tunneler.nat import FlowState, NatDrop, NatFlow, OriginalDestination, TcpNat, UdpFlowTable
 from tunneler.packet import Parsed, parse
 
 T, N, VIP, L = "100.64.0.1", "100.127.255.254", "100.64.0.9", 1080
@@ -45,17 +45,21 @@ def checked(packet: bytearray) -> IP:
     return decoded
 
 
+def ports(flows: list[NatFlow[str]]) -> list[int]:
+    return [flow.nat_port for flow in flows]
+
+
 def send_out(nat: TcpNat, sport: int, flags: str, now: float, payload: bytes = b"") -> IP | NatDrop:
     packet = segment(T, sport, VIP, 443, flags, payload)
     result = nat.outbound(packet, parsed_of(packet), now)
-    return result if result is not None else checked(packet)
+    return result if isinstance(result, NatDrop) else checked(packet)
 
 
 def send_in(nat: TcpNat, nat_port: int, flags: str, now: float) -> IP | NatDrop:
     packet = segment(T, L, N, nat_port, flags, b"reply")
     assert nat.is_inbound(parsed_of(packet))
     result = nat.inbound(packet, parsed_of(packet), now)
-    return result if result is not None else checked(packet)
+    return result if isinstance(result, NatDrop) else checked(packet)
 
 
 def test_round_trip_rewrites_both_directions() -> None:
@@ -81,10 +85,10 @@ def test_many_random_flows_keep_valid_checksums() -> None:
         src = str(IPv4Address(rng.getrandbits(32)))
         dst = str(IPv4Address(rng.getrandbits(32)))
         packet = segment(src, rng.randrange(1, 65536), dst, rng.randrange(1, 65536), "S")
-        assert nat.outbound(packet, parsed_of(packet), 0.0) is None
+        assert isinstance(nat.outbound(packet, parsed_of(packet), 0.0), NatFlow)
         decoded = checked(packet)
         reply = segment(T, L, N, decoded[TCP].sport, "SA", rng.randbytes(rng.randrange(50)))
-        assert nat.inbound(reply, parsed_of(reply), 0.0) is None
+        assert isinstance(nat.inbound(reply, parsed_of(reply), 0.0), NatFlow)
         assert (checked(reply).src, checked(reply).dst) == (dst, src)
 
 
@@ -119,8 +123,8 @@ def test_syn_flow_expires_after_syn_timeout() -> None:
     nat = make_nat(syn_timeout=10.0)
     out = send_out(nat, 40000, "S", 100.0)
     assert isinstance(out, IP)
-    assert nat.expire(109.9) == []
-    assert nat.expire(110.0) == [out[TCP].sport]
+    assert ports(nat.expire(109.9)) == []
+    assert ports(nat.expire(110.0)) == [out[TCP].sport]
     assert nat.state(out[TCP].sport) is None
     assert send_out(nat, 40000, "A", 110.1) is NatDrop.NO_FLOW
 
@@ -129,8 +133,8 @@ def test_open_flow_idles_out_and_activity_refreshes_it() -> None:
     nat = make_nat(idle_timeout=60.0)
     nat_port = _open_flow(nat, 0.0)
     send_out(nat, 40000, "A", 50.0)
-    assert nat.expire(100.0) == []
-    assert nat.expire(110.0) == [nat_port]
+    assert ports(nat.expire(100.0)) == []
+    assert ports(nat.expire(110.0)) == [nat_port]
     assert nat.expired == 1
 
 
@@ -150,8 +154,8 @@ def test_app_closing_first_lingers_briefly() -> None:
     send_in(nat, nat_port, "FA", 2.0)
     assert nat.state(nat_port) is FlowState.CLOSED
     assert isinstance(send_out(nat, 40000, "A", 3.0), IP)  # final ACK still translated
-    assert nat.expire(12.9) == []
-    assert nat.expire(13.0) == [nat_port]
+    assert ports(nat.expire(12.9)) == []
+    assert ports(nat.expire(13.0)) == [nat_port]
 
 
 def test_listener_closing_first_lingers_through_time_wait() -> None:
@@ -160,8 +164,8 @@ def test_listener_closing_first_lingers_through_time_wait() -> None:
     send_in(nat, nat_port, "FA", 1.0)  # the listener side closes first: TIME_WAIT there
     send_out(nat, 40000, "FA", 2.0)
     assert nat.state(nat_port) is FlowState.CLOSED
-    assert nat.expire(61.9) == []
-    assert nat.expire(62.0) == [nat_port]
+    assert ports(nat.expire(61.9)) == []
+    assert ports(nat.expire(62.0)) == [nat_port]
 
 
 def test_closed_flows_do_not_count_against_the_cap() -> None:
@@ -219,7 +223,7 @@ def udp_parsed(sport: int) -> Parsed:
 
 
 def test_udp_flows_idle_out_and_cap() -> None:
-    table = UdpFlowTable(max_flows=2, idle_timeout=30.0)
+    table: UdpFlowTable[str] = UdpFlowTable(max_flows=2, idle_timeout=30.0)
     first = table.flow_for(udp_parsed(1000), 0.0)
     assert first == (1, True)
     assert table.flow_for(udp_parsed(1000), 5.0) == (1, False)
@@ -228,12 +232,14 @@ def test_udp_flows_idle_out_and_cap() -> None:
     assert table.drops[NatDrop.TABLE_FULL] == 1
     assert table.get(1) == OriginalDestination(T_INT, 1000, VIP_INT, 53)
     table.touch(2, 20.0)
+    table.attach(2, "second")
     assert table.expire(34.9) == []
-    assert table.expire(35.0) == [1]
+    assert table.expire(35.0) == [(1, None)]
     assert table.get(1) is None and len(table) == 1
     assert table.flow_for(udp_parsed(1000), 36.0) == (3, True)
-    table.remove(2)
-    table.remove(2)
+    assert table.endpoint(2) == "second" and table.endpoints() == ["second"]
+    assert table.remove(2) == "second"
+    assert table.remove(2) is None
     assert len(table) == 1
 
 
@@ -241,7 +247,7 @@ def test_rewrite_respects_ip_options() -> None:
     nat = make_nat()
     wire = IP(src=T, dst=VIP, options=[b"\x01\x01\x01\x00"]) / TCP(sport=4, dport=443, flags="S")
     packet = bytearray(bytes(wire))
-    assert nat.outbound(packet, parsed_of(packet), 0.0) is None
+    assert isinstance(nat.outbound(packet, parsed_of(packet), 0.0), NatFlow)
     decoded = checked(packet)
     assert (decoded.src, decoded.dst, decoded[TCP].dport) == (N, T, L)
     assert bytes(packet[20:24]) == b"\x01\x01\x01\x00"

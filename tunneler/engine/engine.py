@@ -75,7 +75,8 @@ class Engine:
         loop = self._loop = asyncio.get_running_loop()
         nat_ip = self.pool.reserve()
         self.tcp = TcpInterceptor(self.pump, self.policy, self.pool, self.events, self.limits,
-                                  self.dns.tcp_protocol, nat_ip)
+                                  nat_ip)
+        self.tcp.register_local(self.pool.dns_ip, DNS_PORT, self.dns.tcp_protocol)
         await self.tcp.start()
         self.update_intercepts()
         self.pump.start(self.handle_packet)

@@ -11,9 +11,14 @@ Life of a flow (design.md §2, reliability.md Z3)::
       -> the flow's InterceptBridge takes the socket over (``transport.set_protocol``)
     replies T:L -> N:natport come out of the TUN; the NAT rewrites them to VIP:vport -> T:sport
 
-A SYN to the DNS IP on port 53 takes the same hairpin without a dial, to the DNS-over-TCP
-protocol. Flows end when the local socket closes (the NAT entry lingers for the last segments)
-or, if the socket never arrives, when the NAT expires the entry.
+A SYN to a registered local endpoint (``register_local``: the engine registers DNS over TCP
+on the DNS IP, port 53) takes the same hairpin without a dial, to that endpoint's protocol.
+Flows end when the local socket closes (the NAT entry lingers for the last segments) or, if
+the socket never arrives, when the NAT expires the entry.
+
+The NAT owns the one record of each flow (``NatFlow``); what the engine needs of a flow (its
+socket's protocol, its service) hangs on that record as a ``FlowEnd``. A held SYN is kept as
+bytes with its parsed header, so it is never parsed again.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import struct
 from collections import Counter
 from collections.abc import Callable
 from ipaddress import IPv4Address
@@ -32,43 +36,46 @@ from tunneler.counters import Count, Drop, Metrics, Refusal
 from tunneler.dns.pool import VipPool
 from tunneler.engine.bridge import InterceptBridge
 from tunneler.engine.dialer import FlowInterceptor, dial_flow
-from tunneler.engine.dnsserver import DNS_PORT
 from tunneler.engine.events import Events
 from tunneler.engine.limits import Limits
 from tunneler.engine.policy import InterceptPolicy, Match
 from tunneler.engine.tunreader import TunPump
-from tunneler.nat import FlowState, NatDrop, OriginalDestination, TcpNat
+from tunneler.nat import FlowState, NatDrop, NatFlow, OriginalDestination, TcpNat
 from tunneler.packet.build import build_tcp_rst
-from tunneler.packet.parse import TCP_ACK, TCP_RST, TCP_SYN, DropReason, Parsed, parse
+from tunneler.packet.parse import TCP_ACK, TCP_RST, TCP_SYN, Parsed
 
 LISTEN_BACKLOG = 1024
 IP_FREEBIND = 15  # linux/in.h
-_PORT = struct.Struct("!H")
 
 NAT_REFUSALS = {NatDrop.NOT_TCP4: Refusal.NAT_NOT_TCP4, NatDrop.NO_FLOW: Refusal.NAT_NO_FLOW,
                 NatDrop.TABLE_FULL: Refusal.NAT_TABLE_FULL,
                 NatDrop.PORTS_EXHAUSTED: Refusal.NAT_PORTS_EXHAUSTED}
-DnsProtocolFactory = Callable[[Callable[[], None]], asyncio.Protocol]
+#: a local endpoint's protocol for one accepted socket, given the callback of its end
+LocalProtocolFactory = Callable[[Callable[[], None]], asyncio.Protocol]
 
 
-class _Flow:
-    __slots__ = ("bridge", "key", "nat_port", "service")
+class FlowEnd:
+    """What the engine hangs on a NAT flow: the bridge of a dialed flow (with its service),
+    or the protocol factory of a local endpoint; `done` once its socket is gone."""
 
-    def __init__(self, key: OriginalDestination, nat_port: int,
-                 bridge: InterceptBridge | None, service: str = "") -> None:
-        self.key = key
-        self.nat_port = nat_port
-        self.bridge = bridge  # None: DNS over TCP
+    __slots__ = ("bridge", "done", "local", "service")
+
+    def __init__(self, bridge: InterceptBridge | None, service: str = "",
+                 local: LocalProtocolFactory | None = None) -> None:
+        self.bridge = bridge
         self.service = service
+        self.local = local
+        self.done = False
 
 
 class _Pending:
-    __slots__ = ("bridge", "key", "service", "syn", "task")
+    __slots__ = ("bridge", "key", "parsed", "service", "syn", "task")
 
-    def __init__(self, key: OriginalDestination, syn: bytes, service: str,
+    def __init__(self, key: OriginalDestination, syn: bytearray, parsed: Parsed, service: str,
                  metrics: Metrics) -> None:
         self.key = key
         self.syn = syn
+        self.parsed = parsed
         self.service = service
         self.bridge = InterceptBridge(metrics.meter(service), metrics)
         self.task: asyncio.Task[None] | None = None
@@ -88,25 +95,22 @@ class TcpInterceptor(FlowInterceptor):
     """SYN handling, overlay dials, the hairpin NAT and the local listener."""
 
     def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, events: Events,
-                 limits: Limits, dns_protocol: DnsProtocolFactory, nat_ip: IPv4Address) -> None:
+                 limits: Limits, nat_ip: IPv4Address) -> None:
         super().__init__(pump, policy, pool, events, limits)
-        self._dns_protocol = dns_protocol
         self._tun_ip = int(pool.tun_ip)
-        self._dns_ip = int(pool.dns_ip)
         self._nat_ip = nat_ip
-        self.nat: TcpNat | None = None
+        self.nat: TcpNat[FlowEnd] | None = None
         self._server: asyncio.Server | None = None
+        self._locals: dict[tuple[int, int], LocalProtocolFactory] = {}
         self._pending: dict[OriginalDestination, _Pending] = {}
         self._pending_by_service: Counter[str] = Counter()
-        self._by_key: dict[OriginalDestination, _Flow] = {}
-        self._by_port: dict[int, _Flow] = {}
-        self._parsed = Parsed()
+        self._live = 0  # flows with an endpoint whose socket has not ended
         self._drained: asyncio.Event | None = None
 
     @property
     def flows(self) -> int:
-        """Flows with a NAT entry and a live bridge (pending dials excluded)."""
-        return len(self._by_port)
+        """Flows with a NAT entry and a live endpoint (pending dials excluded)."""
+        return self._live
 
     @property
     def pending(self) -> int:
@@ -116,6 +120,11 @@ class TcpInterceptor(FlowInterceptor):
     def _service_pending_cap(self) -> int:
         """Pending dials one service may hold: two thirds of the global cap (rounded up)."""
         return -(-2 * self.limits.max_pending_dials // 3)
+
+    def register_local(self, ip: IPv4Address, port: int, factory: LocalProtocolFactory) -> None:
+        """Serve TCP to ``ip:port`` here (no dial): each accepted socket gets ``factory``'s
+        protocol."""
+        self._locals[int(ip), port] = factory
 
     async def start(self) -> None:
         """Listen on ``T:ephemeral`` and create the NAT for that port."""
@@ -140,34 +149,35 @@ class TcpInterceptor(FlowInterceptor):
         nat = self.nat
         assert nat is not None
         if nat.is_inbound(parsed):
-            if nat.inbound(packet, parsed, now) is None:
-                self.pump.write(packet)
-            else:
+            if isinstance(nat.inbound(packet, parsed, now), NatDrop):
                 self.metrics.count(Count.TCP_INBOUND_NO_FLOW)
+            else:
+                self.pump.write(packet)
             return
         if parsed.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN:
             self._syn(packet, parsed, now)
             return
-        if nat.outbound(packet, parsed, now) is None:
-            self.pump.write(packet)
-        else:
+        if isinstance(nat.outbound(packet, parsed, now), NatDrop):
             self.metrics.count(Count.TCP_OUTBOUND_NO_FLOW)
             self._refuse(packet, parsed)
+        else:
+            self.pump.write(packet)
 
     def _syn(self, packet: memoryview, parsed: Parsed, now: float) -> None:
         key = OriginalDestination(parsed.src, parsed.src_port, parsed.dst, parsed.dst_port)
         if key in self._pending:
             self.metrics.drop(Drop.TCP_SYN_RETRANSMIT)
             return
-        flow = self._by_key.get(key)
-        if flow is not None and self._nat().state(flow.nat_port) is not FlowState.CLOSED:
+        flow = self._nat().flow_for(key)
+        if flow is not None and flow.state is not FlowState.CLOSED:
             self._forward_syn(packet, parsed, now)  # a retransmission after the release
             return
+        local = self._locals.get((parsed.dst, parsed.dst_port))
         if self.draining:
             self.metrics.refuse(Refusal.DRAINING)
             self._refuse(packet, parsed)
-        elif parsed.dst == self._dns_ip and parsed.dst_port == DNS_PORT:
-            self._open_dns(packet, parsed, key, now)
+        elif local is not None:
+            self._open(packet, parsed, now, FlowEnd(None, local=local))
         elif parsed.version != 4:
             self.metrics.refuse(Refusal.NOT_IPV4)
             self._refuse(packet, parsed)
@@ -179,7 +189,7 @@ class TcpInterceptor(FlowInterceptor):
         if match is None:
             self.metrics.refuse(Refusal.NO_INTERCEPT)
             self._refuse(packet, parsed)
-        elif len(self._by_port) + len(self._pending) >= self.limits.max_tcp_flows:
+        elif self._live + len(self._pending) >= self.limits.max_tcp_flows:
             self.metrics.refuse(Refusal.FLOW_CAP)
             self._refuse(packet, parsed)
         elif len(self._pending) >= self.limits.max_pending_dials:
@@ -189,29 +199,32 @@ class TcpInterceptor(FlowInterceptor):
             self.metrics.refuse(Refusal.SERVICE_PENDING_CAP)  # a flood spares other services
             self._refuse(packet, parsed)
         else:
-            pending = _Pending(key, bytes(packet), match.target.service, self.metrics)
+            pending = _Pending(key, bytearray(packet), parsed.copy(), match.target.service,
+                               self.metrics)
             self._pending[key] = pending
             self._pending_by_service[pending.service] += 1
             pending.task = asyncio.get_running_loop().create_task(self._dial(pending, match))
             self.metrics.count(Count.TCP_DIALS_STARTED)
 
-    def _forward_syn(self, packet: memoryview, parsed: Parsed, now: float) -> int | None:
-        """NAT-rewrite a SYN and write it into the TUN; returns the NAT port or None."""
-        drop = self._nat().outbound(packet, parsed, now)
-        if drop is not None:
-            self.metrics.refuse(NAT_REFUSALS[drop])
+    def _forward_syn(self, packet: memoryview | bytearray, parsed: Parsed,
+                     now: float) -> NatFlow[FlowEnd] | None:
+        """NAT-rewrite a SYN and write it into the TUN; returns its flow or None (refused)."""
+        flow = self._nat().outbound(packet, parsed, now)
+        if isinstance(flow, NatDrop):
+            self.metrics.refuse(NAT_REFUSALS[flow])
             self._refuse(packet, parsed)
             return None
-        nat_port: int = _PORT.unpack_from(packet, parsed.l4_offset)[0]
         self.pump.write(packet)
-        return nat_port
+        return flow
 
-    def _open_dns(self, packet: memoryview, parsed: Parsed, key: OriginalDestination,
-                  now: float) -> None:
-        nat_port = self._forward_syn(packet, parsed, now)
-        if nat_port is not None:
-            flow = _Flow(key, nat_port, None)
-            self._by_key[key] = self._by_port[nat_port] = flow
+    def _open(self, packet: memoryview | bytearray, parsed: Parsed, now: float,
+              end: FlowEnd) -> NatFlow[FlowEnd] | None:
+        """Let a SYN through the NAT to our listener, with ``end`` waiting for its socket."""
+        flow = self._forward_syn(packet, parsed, now)
+        if flow is not None:
+            flow.endpoint = end
+            self._live += 1
+        return flow
 
     def _refuse(self, packet: memoryview | bytes | bytearray, parsed: Parsed) -> None:
         rst = build_tcp_rst(packet, parsed)
@@ -231,35 +244,22 @@ class TcpInterceptor(FlowInterceptor):
         if dialed:
             self._release(pending)
         else:
-            self._refuse_held(pending)
-
-    def _reparse(self, syn: bytes) -> tuple[bytearray, Parsed] | None:
-        packet = bytearray(syn)
-        parsed = parse(packet, self._parsed, check_ip_checksum=False)
-        return None if isinstance(parsed, DropReason) else (packet, parsed)
-
-    def _refuse_held(self, pending: _Pending) -> None:
-        held = self._reparse(pending.syn)
-        if held is not None:
-            self._refuse(held[0], held[1])
+            self._refuse(pending.syn, pending.parsed)
 
     def _release(self, pending: _Pending) -> None:
         """The dial is up: let the held SYN through the NAT to our listener."""
         bridge = pending.bridge
-        held = self._reparse(pending.syn)
-        if self.draining or bridge.done or held is None:
+        if self.draining or bridge.done:
             bridge.abort()
-            self._refuse_held(pending)
+            self._refuse(pending.syn, pending.parsed)
             return
         loop = asyncio.get_running_loop()
-        nat_port = self._forward_syn(memoryview(held[0]), held[1], loop.time())
-        if nat_port is None:
+        end = FlowEnd(bridge, pending.service)
+        flow = self._open(pending.syn, pending.parsed, loop.time(), end)
+        if flow is None:
             bridge.abort()
             return
-        flow = _Flow(pending.key, nat_port, bridge, pending.service)
-        self._by_key[pending.key] = self._by_port[nat_port] = flow
-        vip = IPv4Address(pending.key.dst_ip)
-        self.pool.acquire(vip, loop.time())
+        self.pool.acquire(IPv4Address(pending.key.dst_ip), loop.time())
         bridge.on_lost(lambda: self._finish(flow))
         self.events.flow_opened("tcp", pending.service, pending.key)
 
@@ -267,47 +267,52 @@ class TcpInterceptor(FlowInterceptor):
     def accepted(self, transport: asyncio.Transport) -> None:
         """A socket from ``N:natport`` reached the listener: give it to its flow."""
         peer = transport.get_extra_info("peername")
-        flow = self._by_port.get(peer[1]) if peer and peer[0] == str(self._nat_ip) else None
-        if flow is None:
+        flow = self._nat().flow(peer[1]) if peer and peer[0] == str(self._nat_ip) else None
+        end = flow.endpoint if flow is not None else None
+        if flow is None or end is None or end.done:
             self.metrics.count(Count.TCP_ACCEPT_UNKNOWN)
             reset(transport)
             return
         protocol: asyncio.Protocol
-        if flow.bridge is None:
-            protocol = self._dns_protocol(lambda: self._finish(flow))
+        if end.local is not None:
+            protocol = end.local(lambda: self._finish(flow))
         else:
-            protocol = flow.bridge
+            assert end.bridge is not None
+            protocol = end.bridge
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
 
-    def _finish(self, flow: _Flow) -> None:
+    def _finish(self, flow: NatFlow[FlowEnd]) -> None:
         """The local socket of ``flow`` closed (its NAT entry lingers for the last segments)."""
-        if self._by_port.get(flow.nat_port) is not flow:
+        end = flow.endpoint
+        if end is None or end.done:
             return
+        end.done = True
+        self._live -= 1
         loop = asyncio.get_running_loop()
-        del self._by_port[flow.nat_port]
-        if self._by_key.get(flow.key) is flow:
-            del self._by_key[flow.key]
         self._nat().close(flow.nat_port, loop.time())
-        if not self._by_port and self._drained is not None:
+        if not self._live and self._drained is not None:
             self._drained.set()
-        if flow.bridge is not None:
+        if end.bridge is not None:
             self.pool.release(IPv4Address(flow.key.dst_ip), loop.time())
-            self.events.flow_closed("tcp", flow.service, flow.key)
+            self.events.flow_closed("tcp", end.service, flow.key)
 
     def expire(self, now: float) -> None:
         """Drop NAT entries that timed out; give up flows whose socket never arrived."""
-        for nat_port in self._nat().expire(now):
-            flow = self._by_port.get(nat_port)
-            if flow is not None:
+        for flow in self._nat().expire(now):
+            end = flow.endpoint
+            if end is not None and not end.done:
                 self.metrics.count(Count.TCP_FLOWS_EXPIRED)
-                if flow.bridge is not None:
-                    flow.bridge.abort()
+                if end.bridge is not None:
+                    end.bridge.abort()
                 self._finish(flow)
 
-    def _nat(self) -> TcpNat:
+    def _nat(self) -> TcpNat[FlowEnd]:
         assert self.nat is not None
         return self.nat
+
+    def _live_flows(self) -> list[NatFlow[FlowEnd]]:
+        return [f for f in self._nat().flows() if f.endpoint is not None and not f.endpoint.done]
 
     # -- shutdown ------------------------------------------------------------------------------
     async def close(self, timeout: float) -> None:
@@ -316,14 +321,15 @@ class TcpInterceptor(FlowInterceptor):
         for pending in list(self._pending.values()):
             if pending.task is not None:
                 pending.task.cancel()
-        if self._by_port:
+        if self._live:
             self._drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._drained.wait()
-        for flow in list(self._by_port.values()):
-            if flow.bridge is not None:
-                flow.bridge.abort()
+        for flow in self._live_flows() if self.nat is not None else []:
+            assert flow.endpoint is not None
+            if flow.endpoint.bridge is not None:
+                flow.endpoint.bridge.abort()
             self._finish(flow)
         if self._server is not None:
             self._server.close()

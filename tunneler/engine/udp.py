@@ -1,6 +1,7 @@
 """Intercepted UDP: one overlay connection per flow, datagram by datagram (design.md §2).
 
-A flow is the 4-tuple of the app's datagrams (``UdpFlowTable``). Its first datagram looks up
+A flow is the 4-tuple of the app's datagrams (``UdpFlowTable``, which also keeps each flow's
+``UdpFlow``: the engine has no table of its own). Its first datagram looks up
 the intercept (none: ICMP port unreachable) and dials the service; datagrams that arrive while
 the dial is pending are queued (at most ``Limits.max_udp_queued``, then dropped and counted).
 Each datagram from the service becomes one UDP packet ``VIP:vport -> app`` written into the
@@ -99,12 +100,11 @@ class UdpInterceptor(FlowInterceptor):
     def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, events: Events,
                  limits: Limits) -> None:
         super().__init__(pump, policy, pool, events, limits)
-        self.table = UdpFlowTable(max_flows=limits.max_udp_flows,
-                                  idle_timeout=limits.udp_idle_timeout)
-        self._flows: dict[int, UdpFlow] = {}
+        self.table: UdpFlowTable[UdpFlow] = UdpFlowTable(
+            max_flows=limits.max_udp_flows, idle_timeout=limits.udp_idle_timeout)
 
     def __len__(self) -> int:
-        return len(self._flows)
+        return len(self.table)
 
     def handle(self, packet: memoryview, parsed: Parsed, now: float) -> None:
         """One UDP datagram from the app (not to the DNS IP)."""
@@ -115,7 +115,7 @@ class UdpInterceptor(FlowInterceptor):
         flow_id, created = result
         payload = bytes(packet[parsed.payload_offset:])
         if not created:
-            flow = self._flows.get(flow_id)
+            flow = self.table.endpoint(flow_id)
             if flow is not None:
                 flow.send(payload)
             return
@@ -130,7 +130,7 @@ class UdpInterceptor(FlowInterceptor):
             return
         key = OriginalDestination(parsed.src, parsed.src_port, parsed.dst, parsed.dst_port)
         flow = UdpFlow(self, flow_id, key, match.target.service)
-        self._flows[flow_id] = flow
+        self.table.attach(flow_id, flow)
         self.pool.acquire(IPv4Address(key.dst_ip), now)
         flow.send(payload)
         flow.task = asyncio.get_running_loop().create_task(self._dial(flow, match))
@@ -147,8 +147,9 @@ class UdpInterceptor(FlowInterceptor):
 
     def remove(self, flow_id: int) -> None:
         """Forget a flow and close its connection."""
-        flow = self._flows.pop(flow_id, None)
-        self.table.remove(flow_id)
+        self._closed(self.table.remove(flow_id))
+
+    def _closed(self, flow: UdpFlow | None) -> None:
         if flow is not None:
             flow.close()
             self.pool.release(IPv4Address(flow.key.dst_ip), asyncio.get_running_loop().time())
@@ -156,11 +157,11 @@ class UdpInterceptor(FlowInterceptor):
 
     def expire(self, now: float) -> None:
         """End flows idle for the timeout."""
-        for flow_id in self.table.expire(now):
-            self.remove(flow_id)
+        for _, flow in self.table.expire(now):
+            self._closed(flow)
 
     def close(self) -> None:
         """End every flow (shutdown)."""
         self.draining = True
-        for flow_id in list(self._flows):
-            self.remove(flow_id)
+        for flow in self.table.endpoints():
+            self.remove(flow.flow_id)

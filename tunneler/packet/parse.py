@@ -103,6 +103,13 @@ class Parsed:
         self.l4_offset = 0
         self.payload_offset = 0
 
+    def copy(self) -> Parsed:
+        """An independent copy (to keep beside a held packet, so it is never parsed again)."""
+        twin = Parsed()
+        for name in self.__slots__:
+            setattr(twin, name, getattr(self, name))
+        return twin
+
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
         return f"Parsed({fields})"

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from tunneler import __version__, aio
@@ -104,6 +105,25 @@ async def _host(hosts: Sequence[ServiceHost], view: HostView, stop: asyncio.Even
     return 0
 
 
+@dataclass(frozen=True)
+class HostedService:
+    """One bound service as `tunneler status`/`intercepts` show it in host mode."""
+
+    service: str
+    identity: str
+    target: str                       # "tcp:127.0.0.1:8000"; a forwarded part shows as "*"
+    protocols: tuple[str, ...]
+    bound_on: tuple[str, ...]         # routers with a live terminator of this identity
+
+
+def _target(config: HostV1) -> tuple[str, tuple[str, ...]]:
+    protocols = config.allowed_protocols if config.forward_protocol else (
+        (config.protocol,) if config.protocol else ())
+    address = "*" if config.forward_address else config.address or "-"
+    port = "*" if config.forward_port else str(config.port or "-")
+    return f"{'/'.join(protocols) or '-'}:{address}:{port}", tuple(protocols)
+
+
 class ServiceHost:
     """Keeps one identity's hostable services bound."""
 
@@ -137,6 +157,16 @@ class ServiceHost:
         self.bindings[service.name] = self.ctx.bind(
             service, dial_handler(service.name, config, self.stats),
             bind_options(config, self.ctx.name))
+
+    def snapshot(self) -> tuple[HostedService, ...]:
+        """Every service bound (or being bound) now, by name."""
+        rows = []
+        for name, binding in sorted(self.bindings.items()):
+            config = host_config(binding.service)
+            target, protocols = _target(config) if config is not None else ("-", ())
+            rows.append(HostedService(name, self.ctx.name, target, protocols,
+                                      binding.bound_on()))
+        return tuple(rows)
 
     async def close(self) -> None:
         """Unbind everything and close the context."""
@@ -207,7 +237,13 @@ class HostView(ContextsView):
         self.services_loaded = False
 
     def intercepts(self) -> list[InterceptRow]:
-        return []
+        """Host mode intercepts nothing: one row per hosted service, its target as the
+        address and the routers it is bound on."""
+        return [InterceptRow(row.target, row.service, row.identity, protocols=row.protocols,
+                             router=", ".join(row.bound_on) or None,
+                             active_flows=self.stats.active_flows(row.service),
+                             last_error=self.stats.last_error(row.service))
+                for host in self.hosts for row in host.snapshot()]
 
     def status(self) -> Status:
         return Status(__version__, "host", self.uptime(), self.services_loaded,

@@ -1,10 +1,12 @@
 """`ZitiContext`'s read-only views for the ops layer against a real network on 127.0.0.1:
 `links()` names the router and measures a non-zero latency; the periodic refresh records
-the controller's answer, so a controller that went away shows within one refresh interval."""
+the controller's answer, so a controller that went away shows within one refresh interval;
+run-host's view lists what it hosts, from `ServiceHost.snapshot()`."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 
 from tests.support.overlay import Overlay, build_overlay, host_service, start_blob_server
 from tunneler.client.context import ZitiContext
+from tunneler.host import HostView, ServiceHost
 from tunneler.ops.views import ContextsView
 
 REFRESH = 0.3
@@ -60,5 +63,29 @@ def test_links_and_controller_contact_follow_the_network(overlay: Overlay) -> No
             assert ident.error is not None and "CONTROLLER_UNAVAILABLE" in ident.error
         finally:
             await ctx.close()
+
+    asyncio.run(scenario())
+
+
+def test_host_view_lists_hosted_services_with_the_routers_they_are_bound_on(
+        overlay: Overlay) -> None:
+    """`tunneler intercepts` in host mode: one row per hosted service (its target as the
+    address), from `ServiceHost.snapshot()`; the router shows once the Bind succeeded."""
+    async def scenario() -> None:
+        ctx = ZitiContext(overlay.directory / "host1.json", refresh_interval=60.0)
+        host = ServiceHost(ctx)
+        view = HostView([host])
+        await ctx.start()
+        host.start()
+        try:
+            await _until(lambda: any(row.router for row in view.intercepts()))
+            (row,) = view.intercepts()
+            assert (row.service, row.identity, row.protocols) == ("blob", "host1", ("tcp",))
+            assert re.fullmatch(r"tcp:127\.0\.0\.1:\d+", row.address), row.address
+            assert row.router and not row.router.startswith("tls://")
+            assert row.active_flows == 0 and row.last_error is None
+        finally:
+            await host.close()
+        assert view.intercepts() == []
 
     asyncio.run(scenario())

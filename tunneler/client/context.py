@@ -725,6 +725,11 @@ class Binding:
                             router=router.url, retry_in=round(delay, 2))
             await asyncio.sleep(delay)
 
+    def bound_on(self) -> tuple[str, ...]:
+        """The names of the routers where the service is bound now (a live listener)."""
+        return tuple(sorted((self.routers[url].name if url in self.routers else "") or url
+                            for url, listener in self.listeners.items() if not listener.closed))
+
     async def _wait_unbound(self, url: str) -> None:
         """Until the router's current listener is gone (one `move()` replaced does not count)."""
         while (listener := self.listeners.get(url)) is not None and not listener.closed:

@@ -40,7 +40,7 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class ByteMeter(Protocol):
-    """Where a bridge counts the bytes it relays (`tunneler.metrics.ServiceMeter`)."""
+    """Where a bridge counts the bytes it relays (`tunneler.counters.ServiceMeter`)."""
 
     bytes_up: int
     bytes_down: int
@@ -181,21 +181,23 @@ async def connect_stream(addresses: Sequence[IPv4Address | IPv6Address], port: i
     """
     loop = asyncio.get_running_loop()
     where = "tcp:" + ",".join(str(ip) for ip in addresses) + f":{port}"
-    failure = "no address"
+    failure, reason = "no address", DialFailure.REFUSED
     try:
         async with asyncio.timeout(timeout):
             for ip in addresses:
                 try:
                     _, bridge = await loop.create_connection(
                         lambda: StreamBridge(meter=meter), str(ip), port)
-                except OSError as exc:
+                except OSError as exc:  # ETIMEDOUT is a TimeoutError too: the kernel gave up
                     failure = exc.strerror or str(exc)
+                    is_timeout = isinstance(exc, TimeoutError)
+                    reason = DialFailure.TIMEOUT if is_timeout else DialFailure.REFUSED
                 else:
                     return bridge
     except TimeoutError:
         raise DialError(f"connect to {where} timed out after {timeout:g}s",
                         DialFailure.TIMEOUT) from None
-    raise DialError(f"connect to {where} failed: {failure}")
+    raise DialError(f"connect to {where} failed: {failure}", reason)
 
 
 class DatagramBridge(asyncio.DatagramProtocol):

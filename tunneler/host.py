@@ -131,6 +131,7 @@ class ServiceHost:
         self.ctx = ctx
         self.stats = stats or Metrics()
         self.bindings: dict[str, Binding] = {}
+        self._configs: dict[str, HostV1] = {}   # the config each binding was made with
 
     def start(self) -> None:
         """Bind what is hostable now and follow later changes."""
@@ -141,6 +142,7 @@ class ServiceHost:
         """Unbind removed/changed services, bind added/changed ones."""
         for service in changes.removed + changes.changed:
             binding = self.bindings.pop(service.name, None)
+            self._configs.pop(service.name, None)
             if binding is not None:
                 log.info("host.service_unbinding", service=service.name)
                 self.ctx.spawn(binding.stop())
@@ -154,6 +156,7 @@ class ServiceHost:
         if config is None:
             log.info("host.service_skipped", service=service.name, reason="no host config")
             return
+        self._configs[service.name] = config
         self.bindings[service.name] = self.ctx.bind(
             service, dial_handler(service.name, config, self.stats),
             bind_options(config, self.ctx.name))
@@ -162,8 +165,7 @@ class ServiceHost:
         """Every service bound (or being bound) now, by name."""
         rows = []
         for name, binding in sorted(self.bindings.items()):
-            config = host_config(binding.service)
-            target, protocols = _target(config) if config is not None else ("-", ())
+            target, protocols = _target(self._configs[name])
             rows.append(HostedService(name, self.ctx.name, target, protocols,
                                       binding.bound_on()))
         return tuple(rows)
@@ -172,6 +174,7 @@ class ServiceHost:
         """Unbind everything and close the context."""
         await asyncio.gather(*(b.stop() for b in self.bindings.values()))
         self.bindings.clear()
+        self._configs.clear()
         await self.ctx.close()
 
 

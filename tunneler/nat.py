@@ -242,11 +242,6 @@ class TcpNat(Generic[T]):
         )
         return flow
 
-    def state(self, nat_port: int) -> FlowState | None:
-        """Return the state of the flow using ``nat_port``, if any."""
-        flow = self._by_port.get(nat_port)
-        return flow.state if flow is not None else None
-
     def flow(self, nat_port: int) -> NatFlow[T] | None:
         """The flow using ``nat_port`` (an accepted socket's peer port), if any."""
         return self._by_port.get(nat_port)
@@ -405,11 +400,6 @@ class UdpFlowTable(Generic[T]):
         self._ids[key] = flow_id
         self._flows[flow_id] = _UdpEntry(key, now)
         return flow_id, True
-
-    def get(self, flow_id: int) -> OriginalDestination | None:
-        """Return the 4-tuple of a flow (replies go ``dst -> src``)."""
-        entry = self._flows.get(flow_id)
-        return entry.key if entry is not None else None
 
     def attach(self, flow_id: int, endpoint: T) -> None:
         """Hang the engine's endpoint on a flow."""

@@ -20,6 +20,7 @@ class RecordingLink:
         self.writable = True
         self.closed = False
         self.sequence = 0
+        self.pausers: set[object] = set()   # who holds reading of the link paused
 
     def _stamp(self, message: Message) -> int:
         self.sequence += 1
@@ -56,10 +57,10 @@ class RecordingLink:
         self.handlers.pop(conn_id, None)
 
     def pause_reading_for(self, who: object) -> None:
-        pass
+        self.pausers.add(who)
 
     def resume_reading_for(self, who: object) -> None:
-        pass
+        self.pausers.discard(who)
 
 
 def as_link(link: RecordingLink) -> RouterLink:

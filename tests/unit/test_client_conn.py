@@ -18,7 +18,7 @@ from tunneler.client.conn import MAX_CHUNK, ConnState, EdgeConnection, dial, is_
 from tunneler.client.listener import EdgeListener, IncomingDial
 from tunneler.edge import crypto
 from tunneler.edge import messages as edge
-from tunneler.errors import DialError, InvalidSessionError
+from tunneler.errors import DialError, DialFailure, InvalidSessionError
 
 
 class Sink:
@@ -115,6 +115,39 @@ def test_other_refusals_are_plain_dial_errors() -> None:
         _dial(RecordingLink(), Sink(), lambda m: edge.state_closed(7, "no terminators"),
               encrypted=False)
     assert not isinstance(info.value, InvalidSessionError)
+
+
+@pytest.mark.parametrize(("reason", "failure"), [
+    ("no terminators", DialFailure.REFUSED),
+    ("timed out waiting for the host to accept the dial", DialFailure.TIMEOUT),
+    ("host refused the dial: connect to tcp:10.0.0.9:8000 timed out after 5s",
+     DialFailure.TIMEOUT),
+])
+def test_a_refusal_carries_its_reason_for_counting(reason: str, failure: DialFailure) -> None:
+    with pytest.raises(DialError) as info:
+        _dial(RecordingLink(), Sink(), lambda m: edge.state_closed(7, reason), encrypted=False)
+    assert info.value.reason is failure and str(info.value) == reason
+
+
+@pytest.mark.parametrize("end", ["close", "peer_closed", "link_lost"])
+def test_a_paused_connection_never_holds_its_link_paused_once_it_ends(end: str) -> None:
+    link, sink = RecordingLink(), Sink()
+    conn = _dial(link, sink, _connected(), encrypted=False)
+    conn.pause()
+    conn.pause()
+    assert link.pausers == {conn}
+    conn.resume()
+    assert link.pausers == set()
+    conn.pause()
+    if end == "close":
+        conn.close()
+    elif end == "peer_closed":
+        conn.handle_message(edge.state_closed(7, "closed by peer"))
+    else:
+        conn.link_lost()
+    assert link.pausers == set() and conn.state is ConnState.CLOSED
+    conn.pause()                      # a closed connection has nothing to pause
+    assert link.pausers == set()
 
 
 def test_timeout_is_reported() -> None:

@@ -24,7 +24,7 @@ from tunneler.channel.message import REPLY_FOR_HEADER, Message
 from tunneler.client.link import LinkHandler, RouterLink
 from tunneler.edge import crypto
 from tunneler.edge import messages as edge
-from tunneler.errors import CryptoError, DialError, InvalidSessionError
+from tunneler.errors import CryptoError, DialError, DialFailure, InvalidSessionError
 from tunneler.log import get_logger
 from tunneler.overlay import OverlaySink
 
@@ -47,6 +47,12 @@ class ConnState(enum.Enum):
 def is_invalid_session(reason: str) -> bool:
     """libziti's rule: the body equals "Invalid Session" or is a prefix of it (even empty)."""
     return edge.INVALID_SESSION.startswith(reason)
+
+
+def refusal_reason(reason: str) -> DialFailure:
+    """What a router's refusal text means for counting: the wire carries only text, so this
+    is the one place it is read (a router or host that timed out says "timed out")."""
+    return DialFailure.TIMEOUT if "timed out" in reason else DialFailure.REFUSED
 
 
 class EdgeConnection(LinkHandler):
@@ -106,7 +112,7 @@ class EdgeConnection(LinkHandler):
 
     def pause(self) -> None:
         """The sink is full: stop reading the link (every circuit on it) until `resume`."""
-        if not self._paused:
+        if not self._paused and self.state is not ConnState.CLOSED:
             self._paused = True
             self.link.pause_reading_for(self)
 
@@ -138,6 +144,7 @@ class EdgeConnection(LinkHandler):
         elif (message.content_type == edge.CONTENT_TYPE_STATE_CLOSED
               and self.state is ConnState.CONNECTED):
             self.state = ConnState.CLOSED
+            self.resume()
             self.link.unregister(self.conn_id)
             self._sink.edge_closed(abrupt=not self.received_fin)
 
@@ -165,6 +172,7 @@ class EdgeConnection(LinkHandler):
         self._sink.edge_data(body)
 
     def link_lost(self) -> None:
+        self.resume()
         if self.state is not ConnState.CLOSED:
             self.state = ConnState.CLOSED
             self._sink.edge_closed(abrupt=True)
@@ -222,8 +230,9 @@ def _connect_replied(conn: EdgeConnection, keys: crypto.KeyPair | None,
         raise TimeoutError("no answer to Connect from the edge router")
     if reply.content_type == edge.CONTENT_TYPE_STATE_CLOSED:
         reason = edge.body_text(reply)
-        raise (InvalidSessionError if is_invalid_session(reason) else DialError)(
-            reason or "Invalid Session")
+        if is_invalid_session(reason):
+            raise InvalidSessionError(reason or "Invalid Session")
+        raise DialError(reason, refusal_reason(reason))
     if reply.content_type != edge.CONTENT_TYPE_STATE_CONNECTED:
         raise DialError(f"unexpected reply to Connect (content type {reply.content_type})")
     session_keys = None

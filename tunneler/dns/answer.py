@@ -179,7 +179,6 @@ class DnsTally:
     """What the responder decided so far, by outcome."""
 
     replies: int
-    forwards: int
     drops: int
 
 
@@ -215,9 +214,10 @@ class DnsResponder:
         self.pool.retain(lambda name: self._match(name.split("."))[0] is not None, now)
 
     def tally(self) -> DnsTally:
-        """Queries answered here, forwarded upstream, and dropped (every reason together)."""
+        """Queries answered here and dropped (every reason together); the rest were handed
+        to the upstreams (the engine counts what became of them)."""
         replies, forwards = self.counters["reply"], self.counters["forward"]
-        return DnsTally(replies, forwards, sum(self.counters.values()) - replies - forwards)
+        return DnsTally(replies, sum(self.counters.values()) - replies - forwards)
 
     def handle(self, query: bytes, now: float) -> Outcome:
         """Decide what to do with one query message."""

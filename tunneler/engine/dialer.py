@@ -16,7 +16,7 @@ import time
 
 from tunneler.counters import Count, Metrics
 from tunneler.dns.pool import VipPool
-from tunneler.engine.events import Events
+from tunneler.engine.events import Events, Proto
 from tunneler.engine.limits import Limits
 from tunneler.engine.policy import InterceptPolicy, Match
 from tunneler.engine.tunreader import TunPump
@@ -24,10 +24,10 @@ from tunneler.errors import TunnelerError
 from tunneler.nat import OriginalDestination
 from tunneler.overlay import OverlaySink
 
-_DIALS_FAILED = {"tcp": Count.TCP_DIALS_FAILED, "udp": Count.UDP_DIALS_FAILED}
+_DIALS_FAILED: dict[Proto, Count] = {"tcp": Count.TCP_DIALS_FAILED, "udp": Count.UDP_DIALS_FAILED}
 
 
-async def dial_flow(match: Match, sink: OverlaySink, proto: str, key: OriginalDestination,
+async def dial_flow(match: Match, sink: OverlaySink, proto: Proto, key: OriginalDestination,
                     events: Events) -> bool:
     """Dial the service of ``match`` for flow ``key``; False (counted, logged) if it failed."""
     target = match.target

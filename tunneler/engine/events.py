@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from ipaddress import IPv4Address
-from typing import Any
+from typing import Any, Literal
 
 from tunneler.counters import Count, Metrics
 from tunneler.log import get_logger
@@ -21,8 +21,10 @@ from tunneler.nat import OriginalDestination
 log = get_logger("engine")
 
 LOG_INTERVAL = 10.0
-_OPENED = {"tcp": Count.TCP_FLOWS_OPENED, "udp": Count.UDP_FLOWS_OPENED}
-_CLOSED = {"tcp": Count.TCP_FLOWS_CLOSED, "udp": Count.UDP_FLOWS_CLOSED}
+#: the protocols the engine intercepts (a typo is a mypy error, not a KeyError at run time)
+Proto = Literal["tcp", "udp"]
+_OPENED: dict[Proto, Count] = {"tcp": Count.TCP_FLOWS_OPENED, "udp": Count.UDP_FLOWS_OPENED}
+_CLOSED: dict[Proto, Count] = {"tcp": Count.TCP_FLOWS_CLOSED, "udp": Count.UDP_FLOWS_CLOSED}
 
 
 class Events:
@@ -43,13 +45,13 @@ class Events:
         self._last_logged[event] = now
         log.warning(event, **fields)
 
-    def flow_opened(self, proto: str, service: str, key: OriginalDestination) -> None:
+    def flow_opened(self, proto: Proto, service: str, key: OriginalDestination) -> None:
         """Count a new intercepted flow and log it at debug level."""
         self.metrics.count(_OPENED[proto])
         self.metrics.flow_opened(service)
         log.debug("flow.opened", proto=proto, service=service, **_endpoints(key))
 
-    def flow_closed(self, proto: str, service: str, key: OriginalDestination) -> None:
+    def flow_closed(self, proto: Proto, service: str, key: OriginalDestination) -> None:
         """Count an ended flow and log it at debug level."""
         self.metrics.count(_CLOSED[proto])
         self.metrics.flow_closed(service)

@@ -15,7 +15,8 @@ intercepted name vs the upstream stub answering directly).
 
 Usage: `sudo .venv/bin/python bench/intercept.py [--size-mib 512] [--seconds 3]`.
 Subcommands used inside the namespaces: `serve PORT`, `load HOST PORT SIZE SECONDS`,
-`dns SERVER NAME SECONDS`.
+`figure NAME HOST PORT SIZE SECONDS [--count N] [--message-bytes B]` (one figure, for
+bench/peers.py), `dns SERVER NAME SECONDS`.
 """
 
 from __future__ import annotations
@@ -85,17 +86,41 @@ async def _connect_rate(host: str, port: int, seconds: float, workers: int = 16)
     return done / (time.perf_counter() - start)
 
 
+def _address(host: str, port: int) -> str:
+    return str(socket.getaddrinfo(host, port, socket.AF_INET)[0][4][0])
+
+
+async def _rtt(address: str, port: int, count: int = 2000, size: int = 1) -> dict[str, float]:
+    samples = await netload.rtt(port, count, host=address, nodelay=True, size=size)
+    return {"rtt_p50_us": netload.percentile(samples, 50) * 1e6,
+            "rtt_p99_us": netload.percentile(samples, 99) * 1e6}
+
+
 async def load(host: str, port: int, size: int, seconds: float) -> dict[str, float]:
     """Every TCP figure against one target."""
-    address = socket.getaddrinfo(host, port, socket.AF_INET)[0][4][0]
-    samples = await netload.rtt(port, 2000, host=address, nodelay=True)
+    address = _address(host, port)
+    rtt = await _rtt(address, port)
     return {
         "bulk_1_MBps": await _bulk(address, port, size, 1),
         "bulk_16_MBps": await _bulk(address, port, size, 16),
         "conn_per_s": await _connect_rate(address, port, seconds),
-        "rtt_p50_us": netload.percentile(samples, 50) * 1e6,
-        "rtt_p99_us": netload.percentile(samples, 99) * 1e6,
+        **rtt,
     }
+
+
+FIGURES = ("bulk_1_MBps", "bulk_16_MBps", "rtt", "conn_per_s")
+
+
+async def figure(name: str, host: str, port: int, size: int, seconds: float, *,
+                 count: int = 2000, message: int = 1) -> dict[str, float]:
+    """One of FIGURES against one target: a download of `size` bytes over 1 or 16 streams,
+    `count` round trips of `message` bytes (p50 and p99), or new connections/s for `seconds`."""
+    address = _address(host, port)
+    if name == "rtt":
+        return await _rtt(address, port, count, message)
+    if name == "conn_per_s":
+        return {name: await _connect_rate(address, port, seconds)}
+    return {name: await _bulk(address, port, size, 16 if name == "bulk_16_MBps" else 1)}
 
 
 def dns_rate(server: str, name: str, seconds: float, window: int = 32) -> float:
@@ -193,6 +218,14 @@ def main() -> int:
     run_load.add_argument("port", type=int)
     run_load.add_argument("size", type=int)
     run_load.add_argument("seconds", type=float)
+    one = sub.add_parser("figure")
+    one.add_argument("name", choices=FIGURES)
+    one.add_argument("host")
+    one.add_argument("port", type=int)
+    one.add_argument("size", type=int)
+    one.add_argument("seconds", type=float)
+    one.add_argument("--count", type=int, default=2000, help="round trips (rtt)")
+    one.add_argument("--message-bytes", type=int, default=1, help="round-trip size (rtt)")
     dns = sub.add_parser("dns")
     dns.add_argument("server")
     dns.add_argument("name")
@@ -209,6 +242,10 @@ def main() -> int:
         asyncio.run(_serve(args.port))
     elif args.command == "load":
         print(json.dumps(asyncio.run(load(args.host, args.port, args.size, args.seconds))))
+    elif args.command == "figure":
+        print(json.dumps(asyncio.run(figure(args.name, args.host, args.port, args.size,
+                                            args.seconds, count=args.count,
+                                            message=args.message_bytes))))
     elif args.command == "dns":
         print(json.dumps(dns_rate(args.server, args.name, args.seconds)))
     else:

@@ -12,11 +12,13 @@ Usage (root): `.venv/bin/python bench/memory.py [--flows 1000] [--json out.json]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -28,6 +30,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import intercept  # noqa: E402  (the intercept benchmark's topology)
 
 from tests.support.netns import NetnsPool  # noqa: E402
+from tunneler.demo.netns import Netns  # noqa: E402
 
 PROCESSES = {"client": "tunneler run", "network": "network serve", "host": "run-host"}
 
@@ -56,6 +59,27 @@ def rss(pids: dict[str, int]) -> dict[str, float]:
     return {name: psutil.Process(pid).memory_info().rss / 2**20 for name, pid in pids.items()}
 
 
+@contextlib.contextmanager
+def flows_open(client: Netns, flows: int, directory: Path, host: str = "bench.private.test",
+               port: int = intercept.PORT) -> Iterator[None]:
+    """`flows` echo flows from `client` to host:port, each having echoed 16 KiB, held open
+    for the body of the `with` (the release file goes in `directory`) and closed after it."""
+    release = directory / "release"
+    holder = client.popen([sys.executable, "-c", HOLDER, host, str(port), str(flows),
+                           str(release)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None
+        if holder.stdout.readline().strip() != "open":
+            raise RuntimeError("the flows did not open")
+        yield
+    finally:
+        release.touch()
+        try:
+            holder.wait(60)
+        finally:
+            release.unlink(missing_ok=True)
+
+
 def measure(flows: int) -> dict[str, dict[str, float]]:
     """RSS idle, with `flows` open flows, and after they closed."""
     pool = NetnsPool()
@@ -66,16 +90,8 @@ def measure(flows: int) -> dict[str, dict[str, float]]:
             pids = {name: deploy.procs[name].pid for name in PROCESSES}
             time.sleep(2)
             result = {"idle": rss(pids)}
-            release = Path(tmp) / "release"
-            holder = client.popen([sys.executable, "-c", HOLDER, "bench.private.test",
-                                   str(intercept.PORT), str(flows), str(release)],
-                                  stdout=subprocess.PIPE, text=True)
-            assert holder.stdout is not None
-            if holder.stdout.readline().strip() != "open":
-                raise RuntimeError("the flows did not open")
-            result[f"{flows} flows open"] = rss(pids)
-            release.touch()
-            holder.wait(60)
+            with flows_open(client, flows, Path(tmp)):
+                result[f"{flows} flows open"] = rss(pids)
             time.sleep(3)
             result["after close"] = rss(pids)
             return result

@@ -121,18 +121,20 @@ async def connect_latency(port: int, count: int) -> list[float]:
     return samples
 
 
-async def rtt(port: int, count: int, host: str = "127.0.0.1",
-              nodelay: bool = False) -> list[float]:
-    """Round-trip times of 1-byte echoes on one established connection (TCP_NODELAY if asked)."""
+async def rtt(port: int, count: int, host: str = "127.0.0.1", nodelay: bool = False,
+              size: int = 1) -> list[float]:
+    """Round-trip times of `size`-byte echoes on one established connection (TCP_NODELAY if
+    asked)."""
     reader, writer = await asyncio.open_connection(host, port)
     if nodelay:
         writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     writer.write(HEADER.pack(b"E", 0))
+    message = b"x" * size
     samples = []
     for _ in range(count):
         start = time.perf_counter()
-        writer.write(b"x")
-        await reader.readexactly(1)
+        writer.write(message)
+        await reader.readexactly(size)
         samples.append(time.perf_counter() - start)
     writer.close()
     return samples

@@ -91,9 +91,7 @@ def measure(size: int, seconds: float) -> dict[str, Any]:
                                                      str(BULK_PORT)])
             scenario.wait_log("netload", "ready")
             baselines(scenario)
-            cipher = [line.split("Data Channel:", 1)[1].strip()
-                      for line in scenario.log("openvpn-client").splitlines()
-                      if "Data Channel:" in line]
+            cipher = openvpn.data_channel(scenario.log("openvpn-client"))
             direct_url = f"http://{DIRECT_LLM}:{LLM_PORT}/v1"
             llm = {"tunnel": llm_figures(scenario, LLM_URL, seconds),
                    "direct": llm_figures(scenario, direct_url, seconds)}

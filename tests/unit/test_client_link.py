@@ -139,3 +139,39 @@ def test_unanswered_latency_probe_closes_link_and_ends_flows(
 
     _run(tmp_path, router, scenario)
 
+
+
+class PauseRecorder(Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writable = True
+
+    def set_link_writable(self, writable: bool) -> None:
+        self.writable = writable
+
+
+def test_a_burst_of_sends_pauses_the_senders_within_the_same_callback(tmp_path: Path) -> None:
+    """Bytes queued in one callback reach the transport once `FLUSH_AT` are queued, so its
+    high-water mark pauses the handlers before the callback returns (uvloop reads a socket up
+    to 32 times per callback: holding writes to the end of the turn let 16 bulk streams
+    queue ~130 MiB). The router reads nothing, so the kernel's buffers fill up too; the
+    bound below holds for any buffer size a loopback socket can have."""
+    router = ScriptedRouter()
+
+    async def scenario(url: str, identity: Identity) -> None:
+        link = await RouterLink.open(url, identity.client_ssl_context(), "tok")
+        assert router.transport is not None
+        router.transport.pause_reading()
+        handler = PauseRecorder()
+        link.register(9, handler)
+        chunk, sent = bytes(64 * 1024), 0
+        try:
+            while handler.writable and sent < 64 * 1024 * 1024:   # no await: one callback
+                link.send(edge.data(9, sent // len(chunk) + 1, chunk))
+                sent += len(chunk)
+            assert not handler.writable, f"{sent >> 20} MiB queued in one callback, no pause"
+            assert sent <= 32 * 1024 * 1024
+        finally:
+            link.close()
+
+    _run(tmp_path, router, scenario)

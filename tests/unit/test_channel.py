@@ -72,6 +72,56 @@ def test_decoder_byte_at_a_time_equals_one_chunk() -> None:
     assert len(one_by_one) == 3
 
 
+def _read_into(decoder: m.FrameDecoder, data: bytes, step: int) -> list[m.Message]:
+    """What a BufferedProtocol transport does: read up to `step` bytes into writable()."""
+    messages, offset = [], 0
+    while offset < len(data):
+        area = decoder.writable(min(step, len(data) - offset))
+        piece = data[offset:offset + min(step, area.nbytes)]
+        area[:len(piece)] = piece
+        messages += decoder.written(len(piece))
+        offset += len(piece)
+    return messages
+
+
+@pytest.mark.parametrize("step", [997, 16 * 1024, 1 << 20])
+def test_reading_into_the_area_decodes_what_feeding_decodes(step: int) -> None:
+    big = m.encode(m.Message(m.CONTENT_TYPE_PING, {1: b"h"}, bytes(range(256)) * 6000))  # 1.5 MB
+    stream = HELLO_BYTES + big + PROBE + big + HELLO_REPLY_BYTES
+    decoder = m.FrameDecoder()
+    assert _read_into(decoder, stream, step) == m.FrameDecoder().feed(stream)
+    assert decoder.buffered == 0
+    assert decoder.writable(1).nbytes == m.RECEIVE_AREA  # shrunk back after the 1.5 MB frames
+
+
+def test_a_prefix_alone_does_not_allocate_its_frame() -> None:
+    decoder = m.FrameDecoder()
+    prefix = m.PREFIX.pack(m.MAGIC, 0, 0, 0, m.MAX_BODY_LEN)  # announces 16 MiB
+    assert _read_into(decoder, prefix, len(prefix)) == []
+    assert decoder.writable(1).nbytes < m.RECEIVE_AREA + 64  # the area, not 16 MiB
+
+
+def test_a_view_kept_by_the_transport_survives_the_area_growing() -> None:
+    decoder = m.FrameDecoder()
+    big = m.encode(m.Message(m.CONTENT_TYPE_PING, {}, bytes(m.RECEIVE_AREA * 2)))
+    old = decoder.writable(m.RECEIVE_AREA)
+    old[:m.RECEIVE_AREA] = big[:m.RECEIVE_AREA]
+    assert decoder.written(m.RECEIVE_AREA) == []
+    assert _read_into(decoder, big[m.RECEIVE_AREA:], 64 * 1024)[0].body == bytes(2 * m.RECEIVE_AREA)
+    old[:4] = b"late"  # no BufferError: the area was replaced, never resized under the view
+
+
+def test_bytes_read_into_a_closed_channel_are_discarded() -> None:
+    connection = ChannelConnection()
+    area = connection.receive_buffer(4)
+    area[:4] = b"\x04bad"
+    (event,) = connection.received(4)
+    assert isinstance(event, ProtocolViolation) and connection.closed
+    area = connection.receive_buffer(len(HELLO_BYTES))
+    area[:len(HELLO_BYTES)] = HELLO_BYTES
+    assert connection.received(len(HELLO_BYTES)) == []
+
+
 @pytest.mark.parametrize(
     ("name", "frame"),
     [

@@ -1,6 +1,7 @@
 """Sans-IO channel endpoint: sequence numbers, reply correlation with deadlines, latency replies.
 
-Theory of operation: the adapter feeds received bytes to `receive_data()` and gets events back;
+Theory of operation: the adapter feeds received bytes to `receive_data()` (or reads them into
+`receive_buffer()` and calls `received(n)`, as an asyncio BufferedProtocol) and gets events back;
 it writes whatever `data_to_send()` returns; it arms one timer at `get_timer()` and calls
 `handle_timer(now)` when it fires. Requests (`request()`) expect a reply carrying header
 `ReplyFor` = their sequence; a reply that arrives in time becomes `ReplyReceived`, a missing one
@@ -12,6 +13,7 @@ ignored. After a framing error the connection is `closed` and the adapter must d
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from tunneler.channel.message import (
@@ -145,8 +147,24 @@ class ChannelConnection:
         """Feed received bytes; returns the resulting events."""
         if self.closed:
             return []
+        return self._decoded(lambda: self._decoder.feed(data))
+
+    def receive_buffer(self, hint: int) -> memoryview:
+        """Where a transport reads the next bytes into (`hint`: how many it has); then call
+        `received(n)`. Bytes read into it after the channel closed are discarded."""
+        if self.closed:
+            return memoryview(bytearray(max(hint, 1)))
+        return self._decoder.writable(hint)
+
+    def received(self, count: int) -> list[ChannelEvent]:
+        """`count` bytes were read into the last `receive_buffer()`; the resulting events."""
+        if self.closed:
+            return []
+        return self._decoded(lambda: self._decoder.written(count))
+
+    def _decoded(self, decode: Callable[[], list[Message]]) -> list[ChannelEvent]:
         try:
-            messages = self._decoder.feed(data)
+            messages = decode()
         except FrameError as exc:
             self.closed = True
             self._out.clear()

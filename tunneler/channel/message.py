@@ -45,6 +45,8 @@ REFLECTED_HEADER_MAX = 255
 MAX_HEADERS_LEN = 64 * 1024
 MAX_BODY_LEN = 16 * 1024 * 1024
 MAX_HEADER_COUNT = 256
+RECEIVE_AREA = 256 * 1024  # a FrameDecoder's receive area: uvloop reads up to this per call
+_MIN_READ = 64 * 1024
 
 
 @dataclass(slots=True)
@@ -163,17 +165,25 @@ def read_prefix(buf: bytes | bytearray | memoryview, offset: int, max_headers_le
 
 
 class FrameDecoder:
-    """Incremental decoder: feed bytes, get whole messages. Caps are checked before buffering.
+    """Incremental decoder: bytes in, whole messages out. Caps are checked before buffering.
 
-    Frames wholly inside one `feed()` are parsed straight from the caller's bytes; only a
-    partial frame is kept, so each body byte is copied once. After a `FrameError` the decoder
-    is broken and refuses further input: the caller must close the channel (a framing error
-    cannot be resynchronised).
+    Two ways in. `feed(data)` takes bytes the caller owns: frames wholly inside them are parsed
+    straight from them, and only a partial frame is kept. `writable(hint)` + `written(n)` let a
+    transport read into the decoder's own receive area (asyncio's BufferedProtocol, uvloop's
+    TLS reads included), so received bytes are not joined, appended or copied again before
+    parsing: each body byte is copied once, into its Message. The area is RECEIVE_AREA bytes,
+    grown (by doubling) only to hold a frame larger than that and shrunk back after it, so a
+    channel holds at most twice its largest frame or 4x RECEIVE_AREA, whichever is larger.
+
+    After a `FrameError` the decoder is broken and refuses further input: the caller must close
+    the channel (a framing error cannot be resynchronised).
     """
 
     def __init__(self, max_headers_len: int = MAX_HEADERS_LEN,
                  max_body_len: int = MAX_BODY_LEN) -> None:
-        self._buffer = bytearray()
+        self._area = bytearray()  # bytes [0, _filled) wait for the rest of a frame
+        self._filled = 0
+        self._floor = 0  # RECEIVE_AREA once a transport reads into the area
         self._max_headers_len = max_headers_len
         self._max_body_len = max_body_len
         self._failed = False
@@ -181,7 +191,7 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a frame."""
-        return len(self._buffer)
+        return self._filled
 
     def set_limits(self, max_headers_len: int, max_body_len: int) -> None:
         """Change the caps (e.g. tighter while waiting for a hello)."""
@@ -190,31 +200,81 @@ class FrameDecoder:
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Add received bytes; return every message now complete."""
+        self._check_usable()
+        if self._filled:
+            self._fit(self._filled + len(data))
+            self._area[self._filled:self._filled + len(data)] = data
+            return self.written(len(data))
+        messages, offset = self._parse_all(data, len(data))
+        rest = len(data) - offset
+        if rest:
+            self._fit(rest)
+            self._area[:rest] = memoryview(data)[offset:]
+            self._filled = rest
+        return messages
+
+    def writable(self, hint: int) -> memoryview:
+        """Free space at the end of the receive area (at least `hint` bytes up to the area's
+        size) for a transport to read into; then call `written(n)`."""
+        self._check_usable()
+        self._floor = RECEIVE_AREA
+        self._fit(self._filled + max(min(hint, RECEIVE_AREA), _MIN_READ))
+        return memoryview(self._area)[self._filled:]
+
+    def written(self, count: int) -> list[Message]:
+        """`count` bytes were read into the last `writable()` view; every message now complete."""
+        self._check_usable()
+        self._filled += count
+        messages, offset = self._parse_all(self._area, self._filled)
+        rest = self._filled - offset
+        if offset and rest:
+            self._area[:rest] = self._area[offset:self._filled]  # same size: no resize
+        self._filled = rest
+        self._fit(0)
+        return messages
+
+    def _check_usable(self) -> None:
         if self._failed:
             raise FrameError("decoder already failed")
-        if self._buffer:
-            self._buffer += data
-            source: bytes | bytearray | memoryview = self._buffer
-        else:
-            source = data
+
+    def _parse_all(self, source: bytes | bytearray | memoryview,
+                   length: int) -> tuple[list[Message], int]:
         messages: list[Message] = []
         offset = 0
         try:
-            with memoryview(source) as view:
+            with memoryview(source)[:length] as view:
                 while (parsed := self._parse_at(view, offset)) is not None:
                     message, offset = parsed
                     messages.append(message)
         except FrameError:
             self._failed = True
-            # a new buffer, not clear(): the traceback may still hold a view of the old one,
+            # a new area, not a resize: the traceback may still hold a view of the old one,
             # and a bytearray with a live view cannot be resized (found by tests/support/fuzz)
-            self._buffer = bytearray()
+            self._area, self._filled = bytearray(), 0
             raise
-        if source is self._buffer:
-            del self._buffer[:offset]
-        elif offset < len(data):
-            self._buffer += memoryview(data)[offset:]
-        return messages
+        return messages, offset
+
+    def _fit(self, need: int) -> None:
+        """Size the area for `need` bytes, the floor and more of the partial frame held (its
+        prefix was checked when parsing stopped at it), at most twice what has arrived, so a
+        prefix alone never allocates its whole frame. Grows by doubling (appends stay
+        amortised O(1)); an area over 4x RECEIVE_AREA and 4x what it needs shrinks back. Always a
+        new bytearray, never a resize: a view a transport still holds stays valid."""
+        frame = 0
+        if self._filled >= PREFIX_LEN:
+            _magic, _type, _sequence, hlen, blen = PREFIX.unpack_from(self._area, 0)
+            frame = min(PREFIX_LEN + hlen + blen, 2 * self._filled)
+        size = max(need, frame, self._floor)
+        capacity = len(self._area)
+        if size > capacity:
+            capacity = max(size, 2 * capacity)
+        elif capacity > 4 * max(size, RECEIVE_AREA):
+            capacity = max(size, self._floor)
+        else:
+            return
+        area = bytearray(capacity)
+        area[:self._filled] = self._area[:self._filled]
+        self._area = area
 
     def _parse_at(self, view: memoryview, offset: int) -> tuple[Message, int] | None:
         prefix = read_prefix(view, offset, self._max_headers_len, self._max_body_len)

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from tunneler import aio
 from tunneler.channel.connection import (
     ChannelConnection,
+    ChannelEvent,
     MessageReceived,
     ProtocolViolation,
     ReplyReceived,
@@ -89,7 +90,7 @@ def hello_body(index: int) -> bytes:
     return f"tunneler[{index}]@{socket.gethostname()}".encode()[:MAX_HELLO_BODY]
 
 
-class RouterLink(asyncio.Protocol):
+class RouterLink(asyncio.BufferedProtocol):
     """A connected, authenticated channel to one edge router."""
 
     def __init__(self, url: str, on_closed: Callable[[RouterLink], None] | None = None) -> None:
@@ -243,14 +244,25 @@ class RouterLink(asyncio.Protocol):
         for handler in list(self._handlers.values()):
             handler.set_link_writable(True)
 
-    # -- asyncio.Protocol -----------------------------------------------------------------
+    # -- asyncio.BufferedProtocol --------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         aio.no_delay(transport)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """BufferedProtocol: the TLS transport decrypts straight into the channel's area."""
+        return self._channel.receive_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._handle(self._channel.received(nbytes))
+
     def data_received(self, data: bytes) -> None:
-        for event in self._channel.receive_data(data):
+        """Bytes the caller owns (tests, transports without buffered reads)."""
+        self._handle(self._channel.receive_data(data))
+
+    def _handle(self, events: list[ChannelEvent]) -> None:
+        for event in events:
             if isinstance(event, ReplyReceived):
                 self._reply_arrived(event.request_sequence, event.message)
             elif isinstance(event, MessageReceived):

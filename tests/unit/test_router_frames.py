@@ -28,6 +28,24 @@ def test_splitter_yields_whole_frames_across_arbitrary_chunks() -> None:
     assert got == frames and splitter.buffered == 0
 
 
+@pytest.mark.parametrize("step", [37, 4096, 1 << 20])
+def test_splitter_splits_what_the_transport_read_into_it(step: int) -> None:
+    frames = [frame(e.data(1, i, bytes([i]) * (i * 100_000))) for i in range(1, 6)]  # to 500 KB
+    stream = b"".join(frames)
+    splitter = FrameSplitter(1024, 1 << 20)
+    got: list[bytes] = []
+    offset = 0
+    while offset < len(stream):
+        area = splitter.writable(min(step, len(stream) - offset))
+        piece = stream[offset:offset + min(step, area.nbytes)]
+        area[:len(piece)] = piece
+        splitter.written(len(piece))
+        offset += len(piece)
+        while (item := splitter.next_frame()) is not None:
+            got.append(item[1])
+    assert got == frames and splitter.buffered == 0
+
+
 @pytest.mark.parametrize("raw", [
     PREFIX.pack(MAGIC, 1, 0, 2000, 0),       # headers over cap
     PREFIX.pack(MAGIC, 1, 0, 0, 5000),       # body over cap

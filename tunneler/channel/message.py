@@ -164,16 +164,83 @@ def read_prefix(buf: bytes | bytearray | memoryview, offset: int, max_headers_le
     return content_type, sequence, hlen, blen
 
 
+class ReceiveArea:
+    """A channel's receive buffer: bytes [0, filled) of one bytearray, the start of which is
+    always the start of a frame.
+
+    A transport reads into `writable(hint)` and calls `commit(n)` (asyncio's BufferedProtocol,
+    uvloop's TLS reads included), or bytes the caller owns are `append`ed; the parser then
+    `consume`s the whole frames at the front. The area is RECEIVE_AREA bytes once a transport
+    reads into it, grows by doubling (appends stay amortised O(1)), reserves room for more of
+    a partial frame only up to twice what has arrived (a prefix alone never allocates its whole
+    frame), and shrinks back when over 4x RECEIVE_AREA and 4x what it needs: a channel holds
+    at most twice its largest frame or 4x RECEIVE_AREA. Every change of size is a new
+    bytearray, never a resize, so a view a transport still holds stays valid.
+    """
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self.filled = 0
+        self._floor = 0  # RECEIVE_AREA once a transport reads into the area
+
+    def view(self) -> memoryview:
+        """The bytes held (release the view before the next call that changes the area)."""
+        return memoryview(self._data)[:self.filled]
+
+    def writable(self, hint: int) -> memoryview:
+        """Free space after the bytes held: at least `hint` bytes up to RECEIVE_AREA."""
+        self._floor = RECEIVE_AREA
+        self._fit(self.filled + max(min(hint, RECEIVE_AREA), _MIN_READ))
+        return memoryview(self._data)[self.filled:]
+
+    def commit(self, count: int) -> None:
+        """`count` bytes were written into the last `writable()` view."""
+        self.filled += count
+
+    def append(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy bytes the caller owns in after the bytes held."""
+        end = self.filled + len(data)
+        self._fit(end)
+        self._data[self.filled:end] = data
+        self.filled = end
+
+    def consume(self, count: int) -> None:
+        """Drop the first `count` bytes (whole frames); the rest moves to the front."""
+        rest = self.filled - count
+        if count and rest:
+            self._data[:rest] = self._data[count:self.filled]  # same size: no resize
+        self.filled = rest
+        self._fit(0)
+
+    def clear(self) -> None:
+        """Forget everything: a new, empty area (a traceback may still view the old one)."""
+        self._data, self.filled = bytearray(), 0
+
+    def _fit(self, need: int) -> None:
+        frame = 0
+        if self.filled >= PREFIX_LEN:
+            _magic, _type, _sequence, hlen, blen = PREFIX.unpack_from(self._data, 0)
+            frame = min(PREFIX_LEN + hlen + blen, 2 * self.filled)
+        size = max(need, frame, self._floor)
+        capacity = len(self._data)
+        if size > capacity:
+            capacity = max(size, 2 * capacity)
+        elif capacity > 4 * max(size, RECEIVE_AREA):
+            capacity = max(size, self._floor)
+        else:
+            return
+        data = bytearray(capacity)
+        data[:self.filled] = self._data[:self.filled]
+        self._data = data
+
+
 class FrameDecoder:
     """Incremental decoder: bytes in, whole messages out. Caps are checked before buffering.
 
-    Two ways in. `feed(data)` takes bytes the caller owns: frames wholly inside them are parsed
-    straight from them, and only a partial frame is kept. `writable(hint)` + `written(n)` let a
-    transport read into the decoder's own receive area (asyncio's BufferedProtocol, uvloop's
-    TLS reads included), so received bytes are not joined, appended or copied again before
-    parsing: each body byte is copied once, into its Message. The area is RECEIVE_AREA bytes,
-    grown (by doubling) only to hold a frame larger than that and shrunk back after it, so a
-    channel holds at most twice its largest frame or 4x RECEIVE_AREA, whichever is larger.
+    Two ways in: `feed(data)` with bytes the caller owns (frames wholly inside them are parsed
+    straight from them; only a partial frame is kept), or `writable(hint)` + `written(n)`, a
+    transport reading into the decoder's `ReceiveArea`, so received bytes are not joined or
+    appended before parsing. Either way each body byte is copied once more, into its Message.
 
     After a `FrameError` the decoder is broken and refuses further input: the caller must close
     the channel (a framing error cannot be resynchronised).
@@ -181,9 +248,7 @@ class FrameDecoder:
 
     def __init__(self, max_headers_len: int = MAX_HEADERS_LEN,
                  max_body_len: int = MAX_BODY_LEN) -> None:
-        self._area = bytearray()  # bytes [0, _filled) wait for the rest of a frame
-        self._filled = 0
-        self._floor = 0  # RECEIVE_AREA once a transport reads into the area
+        self._area = ReceiveArea()
         self._max_headers_len = max_headers_len
         self._max_body_len = max_body_len
         self._failed = False
@@ -191,7 +256,7 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes held waiting for the rest of a frame."""
-        return self._filled
+        return self._area.filled
 
     def set_limits(self, max_headers_len: int, max_body_len: int) -> None:
         """Change the caps (e.g. tighter while waiting for a hello)."""
@@ -201,80 +266,47 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         """Add received bytes; return every message now complete."""
         self._check_usable()
-        if self._filled:
-            self._fit(self._filled + len(data))
-            self._area[self._filled:self._filled + len(data)] = data
-            return self.written(len(data))
-        messages, offset = self._parse_all(data, len(data))
-        rest = len(data) - offset
-        if rest:
-            self._fit(rest)
-            self._area[:rest] = memoryview(data)[offset:]
-            self._filled = rest
+        if self._area.filled:
+            self._area.append(data)
+            return self._parse_area()
+        messages, offset = self._parse_all(data)
+        if offset < len(data):
+            self._area.append(memoryview(data)[offset:])
         return messages
 
     def writable(self, hint: int) -> memoryview:
-        """Free space at the end of the receive area (at least `hint` bytes up to the area's
-        size) for a transport to read into; then call `written(n)`."""
+        """Where a transport reads the next bytes into; then call `written(n)`."""
         self._check_usable()
-        self._floor = RECEIVE_AREA
-        self._fit(self._filled + max(min(hint, RECEIVE_AREA), _MIN_READ))
-        return memoryview(self._area)[self._filled:]
+        return self._area.writable(hint)
 
     def written(self, count: int) -> list[Message]:
         """`count` bytes were read into the last `writable()` view; every message now complete."""
         self._check_usable()
-        self._filled += count
-        messages, offset = self._parse_all(self._area, self._filled)
-        rest = self._filled - offset
-        if offset and rest:
-            self._area[:rest] = self._area[offset:self._filled]  # same size: no resize
-        self._filled = rest
-        self._fit(0)
-        return messages
+        self._area.commit(count)
+        return self._parse_area()
 
     def _check_usable(self) -> None:
         if self._failed:
             raise FrameError("decoder already failed")
 
-    def _parse_all(self, source: bytes | bytearray | memoryview,
-                   length: int) -> tuple[list[Message], int]:
+    def _parse_area(self) -> list[Message]:
+        messages, offset = self._parse_all(self._area.view())
+        self._area.consume(offset)
+        return messages
+
+    def _parse_all(self, source: bytes | bytearray | memoryview) -> tuple[list[Message], int]:
         messages: list[Message] = []
         offset = 0
         try:
-            with memoryview(source)[:length] as view:
+            with memoryview(source) as view:
                 while (parsed := self._parse_at(view, offset)) is not None:
                     message, offset = parsed
                     messages.append(message)
         except FrameError:
             self._failed = True
-            # a new area, not a resize: the traceback may still hold a view of the old one,
-            # and a bytearray with a live view cannot be resized (found by tests/support/fuzz)
-            self._area, self._filled = bytearray(), 0
+            self._area.clear()
             raise
         return messages, offset
-
-    def _fit(self, need: int) -> None:
-        """Size the area for `need` bytes, the floor and more of the partial frame held (its
-        prefix was checked when parsing stopped at it), at most twice what has arrived, so a
-        prefix alone never allocates its whole frame. Grows by doubling (appends stay
-        amortised O(1)); an area over 4x RECEIVE_AREA and 4x what it needs shrinks back. Always a
-        new bytearray, never a resize: a view a transport still holds stays valid."""
-        frame = 0
-        if self._filled >= PREFIX_LEN:
-            _magic, _type, _sequence, hlen, blen = PREFIX.unpack_from(self._area, 0)
-            frame = min(PREFIX_LEN + hlen + blen, 2 * self._filled)
-        size = max(need, frame, self._floor)
-        capacity = len(self._area)
-        if size > capacity:
-            capacity = max(size, 2 * capacity)
-        elif capacity > 4 * max(size, RECEIVE_AREA):
-            capacity = max(size, self._floor)
-        else:
-            return
-        area = bytearray(capacity)
-        area[:self._filled] = self._area[:self._filled]
-        self._area = area
 
     def _parse_at(self, view: memoryview, offset: int) -> tuple[Message, int] | None:
         prefix = read_prefix(view, offset, self._max_headers_len, self._max_body_len)

@@ -140,9 +140,22 @@ class RouterCore:
     # -- receiving -------------------------------------------------------------------------------
     def receive(self, ch: RouterChannel, data: bytes | bytearray | memoryview, now: float) -> None:
         """Bytes arrived on `ch`."""
+        if ch.closing is None:
+            ch.splitter.feed(data)
+            self.received(ch, now)
+
+    def receive_buffer(self, ch: RouterChannel, hint: int) -> memoryview:
+        """Where the transport of `ch` reads its next bytes into (then `received`); bytes read
+        after the channel started closing are discarded."""
+        if ch.closing is not None:
+            return memoryview(bytearray(max(hint, 1)))
+        return ch.splitter.writable(hint)
+
+    def received(self, ch: RouterChannel, now: float, count: int = 0) -> None:
+        """`count` bytes were read into `receive_buffer`; relay or handle the whole frames."""
         if ch.closing is not None:
             return
-        ch.splitter.feed(data)
+        ch.splitter.written(count)
         try:
             while ch.closing is None and (item := ch.splitter.next_frame()) is not None:
                 content_type, frame = item

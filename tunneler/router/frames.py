@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 
-from tunneler.channel.message import PREFIX_LEN, read_prefix
+from tunneler.channel.message import PREFIX_LEN, ReceiveArea, read_prefix
 from tunneler.edge.messages import CONN_ID_HEADER
 
 _HEADER = struct.Struct("<iI")
@@ -19,42 +19,52 @@ EDGE_HEADER_MIN = 1000  # ids below are channel-level and never relayed
 
 
 class FrameSplitter:
-    """Incremental splitter: feed bytes, then take whole frames with `next_frame()`."""
+    """Incremental splitter: bytes in (fed, or read into its `ReceiveArea` by the transport),
+    then whole frames out with `next_frame()`."""
 
     def __init__(self, max_headers_len: int, max_body_len: int) -> None:
-        self._buf = bytearray()
+        self._area = ReceiveArea()
         self._offset = 0
         self.max_headers_len = max_headers_len
         self.max_body_len = max_body_len
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes."""
-        self._buf += data
+        self._compact()
+        self._area.append(data)
+
+    def writable(self, hint: int) -> memoryview:
+        """Where a transport reads the next bytes into; then call `written(n)`."""
+        self._compact()
+        return self._area.writable(hint)
+
+    def written(self, count: int) -> None:
+        """`count` bytes were read into the last `writable()` view."""
+        self._area.commit(count)
 
     @property
     def buffered(self) -> int:
         """Bytes held that are not yet a whole frame."""
-        return len(self._buf) - self._offset
+        return self._area.filled - self._offset
 
     def next_frame(self) -> tuple[int, bytes] | None:
         """The next whole frame as (content type, frame bytes), or None; raises FrameError."""
-        buf, offset = self._buf, self._offset
-        prefix = read_prefix(buf, offset, self.max_headers_len, self.max_body_len)
-        if prefix is None:
-            self._compact()
-            return None
-        content_type, _seq, hlen, blen = prefix
-        end = offset + PREFIX_LEN + hlen + blen
-        if end > len(buf):
-            self._compact()
-            return None
-        frame = bytes(buf[offset:end])
+        offset = self._offset
+        with self._area.view() as buf:
+            prefix = read_prefix(buf, offset, self.max_headers_len, self.max_body_len)
+            if prefix is None:
+                return None
+            content_type, _seq, hlen, blen = prefix
+            end = offset + PREFIX_LEN + hlen + blen
+            if end > len(buf):
+                return None
+            frame = bytes(buf[offset:end])
         self._offset = end
         return content_type, frame
 
     def _compact(self) -> None:
         if self._offset:
-            del self._buf[: self._offset]
+            self._area.consume(self._offset)
             self._offset = 0
 
 

@@ -158,7 +158,7 @@ class EdgeRouter:
             self.core.flush()
 
 
-class _ChannelProtocol(asyncio.Protocol):
+class _ChannelProtocol(asyncio.BufferedProtocol):
     """The transport side of one channel (also its `ChannelSink`)."""
 
     def __init__(self, router: EdgeRouter) -> None:
@@ -194,11 +194,28 @@ class _ChannelProtocol(asyncio.Protocol):
         self._router._protocols.add(self)
         self._hello_timer = self._loop.call_later(HELLO_TIMEOUT, self._hello_expired)
 
+    def get_buffer(self, sizehint: int) -> memoryview:
+        """BufferedProtocol: TLS decrypts straight into the channel's frame splitter."""
+        if self._channel is None:
+            return memoryview(bytearray(max(sizehint, 1)))
+        return self._core.receive_buffer(self._channel, sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        channel = self._channel
+        if channel is None:
+            return
+        self._core.received(channel, self._loop.time(), nbytes)
+        self._after_receive(channel)
+
     def data_received(self, data: bytes) -> None:
+        """Bytes the caller owns (transports without buffered reads)."""
         channel = self._channel
         if channel is None:
             return
         self._core.receive(channel, data, self._loop.time())
+        self._after_receive(channel)
+
+    def _after_receive(self, channel: RouterChannel) -> None:
         if self._holds_slot and (channel.api_session is not None or channel.closing):
             self.release_slot()
         self._core.flush()

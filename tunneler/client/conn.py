@@ -97,9 +97,13 @@ class EdgeConnection(LinkHandler):
         if self.state is not ConnState.CONNECTED or self.sent_fin:
             return
         encryptor = self._encryptor
-        for offset in range(0, len(data), MAX_CHUNK):
-            chunk = data[offset:offset + MAX_CHUNK] if len(data) > MAX_CHUNK else data
-            self._send_data(chunk if encryptor is None else encryptor.encrypt(chunk))
+        if encryptor is None:
+            for offset in range(0, len(data), MAX_CHUNK):
+                self._send_data(data[offset:offset + MAX_CHUNK] if len(data) > MAX_CHUNK else data)
+            return
+        with memoryview(data) as view:  # encrypted from slices of the caller's bytes, not copies
+            for offset in range(0, len(data), MAX_CHUNK):
+                self._send_data(encryptor.encrypt(view[offset:offset + MAX_CHUNK]))
 
     def write_eof(self) -> None:
         """Half-close: FIN (an empty, never encrypted Data with Flags = 1)."""

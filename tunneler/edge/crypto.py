@@ -75,7 +75,7 @@ class Encryptor:
         self._stream = secretstream.PushStream(tx_key)
         self.header: bytes = self._stream.header
 
-    def encrypt(self, plaintext: bytes) -> bytes:
+    def encrypt(self, plaintext: bytes | memoryview) -> bytes:
         """One chunk (tag MESSAGE, no additional data): len(plaintext) + 17 bytes."""
         return self._stream.push(plaintext)
 

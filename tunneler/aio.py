@@ -12,6 +12,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 
+from tunneler import heap
 from tunneler.log import get_logger
 
 log = get_logger("aio")
@@ -73,9 +74,12 @@ async def _with_signals(main: MainFunction) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    trimmer = heap.Trimmer(heap.process_heap())
+    trimmer.start(loop)
     try:
         return await main(stop)
     finally:
+        trimmer.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
 

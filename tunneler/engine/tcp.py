@@ -296,6 +296,10 @@ class TcpInterceptor(FlowInterceptor):
         if end.bridge is not None:
             self.pool.release(IPv4Address(flow.key.dst_ip), loop.time())
             self.events.flow_closed("tcp", end.service, flow.key)
+        # the entry lingers 60 s for the last segments: it must not keep the bridge (its
+        # overlay connection, crypto state and buffers: ~3 KB a flow, 9 MiB after 3 s of
+        # bench/peers.py new connections) nor the bridge's reference cycle back to the flow
+        end.bridge = end.local = None
 
     def expire(self, now: float) -> None:
         """Drop NAT entries that timed out; give up flows whose socket never arrived."""

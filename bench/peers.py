@@ -10,6 +10,9 @@ Paths from the client to the load server, all in the same run:
 - direct: routed by edge;
 - tunneler: `tunneler run` (client) → `network serve` (edge) → `run-host` (server), end-to-end
   encryption on, as bench/intercept.py measures it;
+- tunneler-proxy: `tunneler proxy` on 127.0.0.1 in client (the same identity and service) →
+  the same router and run-host: the overlay path without the TUN hairpin (the kernel accepts
+  the socket), i.e. what a kernel-side redirect of intercepted flows would leave;
 - openvpn: OpenVPN 2.6 point to point (UDP, TLS, client ↔ server through edge's routing), as
   bench/scenario.py measures it;
 - openvpn-hub: the relay shape of ours: an OpenVPN server on edge with `--client-to-client`,
@@ -62,11 +65,12 @@ import intercept  # noqa: E402  (topology, load server and load generator)
 import memory  # noqa: E402  (RSS and the holder of open flows)
 import openvpn  # noqa: E402
 import stunnel  # noqa: E402
+import thirdparty  # noqa: E402
 
 from tests.support.netns import NetnsPool  # noqa: E402
 from tunneler.demo.netns import Netns  # noqa: E402
 from tunneler.demo.processes import Processes  # noqa: E402
-from tunneler.demo.scenario import signals_raise  # noqa: E402
+from tunneler.demo.scenario import TUNNELER, signals_raise  # noqa: E402
 
 PORT = intercept.PORT
 EDGE_IP, SERVER_IP = "198.18.0.2", "198.18.1.2"
@@ -77,6 +81,7 @@ HUB = openvpn.Hub("198.18.14.0", (openvpn.Member("hub-client", "198.18.14.10", E
 STUNNEL_SERVER = f"{SERVER_IP}:6443"
 STUNNEL_EDGE, STUNNEL_EDGE_INNER = f"{EDGE_IP}:6444", "127.0.0.1:6445"
 STUNNEL_ONE_LEG, STUNNEL_TWO_LEGS = 6001, 6002
+PROXY_PORT = 6003
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 RESULTS = ROOT / "bench" / "results"
@@ -100,6 +105,8 @@ ROUTES = (
     Route("direct", "direct", SERVER_IP, PORT),
     Route("tunneler", "tunneler (run → serve → run-host)", "bench.private.test", PORT,
           ("client", "network", "host")),
+    Route("tunneler-proxy", "tunneler proxy (no TUN) → serve → run-host", "127.0.0.1",
+          PROXY_PORT, ("proxy", "network", "host")),
     Route("openvpn", "OpenVPN point to point", VPN.server_tunnel, PORT,
           ("openvpn-client", "openvpn-server")),
     Route("openvpn-hub", "OpenVPN hub on edge", HUB.members[1].tunnel, PORT,
@@ -169,7 +176,18 @@ def start_stunnels(deploy: Processes, topology: Topology, paths: Sequence[str]) 
     stunnel.start(deploy, topology.client, directory, "client", services)
 
 
+def start_proxy(deploy: Processes, client: Netns) -> None:
+    """`tunneler proxy` in the client namespace (client1's identity) for the same service: the
+    engine's overlay path with the socket accepted by the kernel, no TUN hairpin."""
+    deploy.start(client, "proxy", [*TUNNELER, "proxy", "--identity",
+                                   str(deploy.dir / "client1.json"),
+                                   f"bench=127.0.0.1:{PROXY_PORT}"])
+    thirdparty.wait_listening(deploy, "proxy", client, [f"127.0.0.1:{PROXY_PORT}"])
+
+
 def start_baselines(deploy: Processes, topology: Topology, paths: Sequence[str]) -> None:
+    if "tunneler-proxy" in paths:
+        start_proxy(deploy, topology.client)
     if "openvpn" in paths:
         openvpn.start(deploy, topology.server, topology.client, VPN)
     if "openvpn-hub" in paths:

@@ -30,6 +30,7 @@ from tunneler.channel.message import (
     RESULT_SUCCESS_HEADER,
     FrameDecoder,
     Message,
+    discard_buffer,
     encode_head,
 )
 from tunneler.errors import FrameError
@@ -153,7 +154,7 @@ class ChannelConnection:
         """Where a transport reads the next bytes into (`hint`: how many it has); then call
         `received(n)`. Bytes read into it after the channel closed are discarded."""
         if self.closed:
-            return memoryview(bytearray(max(hint, 1)))
+            return discard_buffer()
         return self._decoder.writable(hint)
 
     def received(self, count: int) -> list[ChannelEvent]:

@@ -164,6 +164,15 @@ def read_prefix(buf: bytes | bytearray | memoryview, offset: int, max_headers_le
     return content_type, sequence, hlen, blen
 
 
+_DISCARDED = memoryview(bytearray(_MIN_READ))
+
+
+def discard_buffer() -> memoryview:
+    """Where a transport reads bytes nobody will parse (its channel is closing): one shared
+    scratch buffer, written over by every such read."""
+    return _DISCARDED
+
+
 class ReceiveArea:
     """A channel's receive buffer: bytes [0, filled) of one bytearray, the start of which is
     always the start of a frame.

@@ -27,7 +27,7 @@ from tunneler.channel.connection import (
     ReplyReceived,
     ReplyTimedOut,
 )
-from tunneler.channel.message import MAX_HEADERS_LEN, Message
+from tunneler.channel.message import MAX_HEADERS_LEN, Message, discard_buffer
 from tunneler.edge import messages as e
 from tunneler.errors import FrameError, TokenError
 from tunneler.log import get_logger
@@ -142,20 +142,23 @@ class RouterCore:
         """Bytes arrived on `ch`."""
         if ch.closing is None:
             ch.splitter.feed(data)
-            self.received(ch, now)
+            self._split(ch, now)
 
     def receive_buffer(self, ch: RouterChannel, hint: int) -> memoryview:
         """Where the transport of `ch` reads its next bytes into (then `received`); bytes read
         after the channel started closing are discarded."""
         if ch.closing is not None:
-            return memoryview(bytearray(max(hint, 1)))
+            return discard_buffer()
         return ch.splitter.writable(hint)
 
-    def received(self, ch: RouterChannel, now: float, count: int = 0) -> None:
-        """`count` bytes were read into `receive_buffer`; relay or handle the whole frames."""
-        if ch.closing is not None:
-            return
-        ch.splitter.written(count)
+    def received(self, ch: RouterChannel, count: int, now: float) -> None:
+        """`count` bytes were read into `receive_buffer`."""
+        if ch.closing is None:
+            ch.splitter.written(count)
+            self._split(ch, now)
+
+    def _split(self, ch: RouterChannel, now: float) -> None:
+        """Relay or handle every whole frame the splitter holds."""
         try:
             while ch.closing is None and (item := ch.splitter.next_frame()) is not None:
                 content_type, frame = item

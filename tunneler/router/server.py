@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 import tunneler
 from tunneler import aio
+from tunneler.channel.message import discard_buffer
 from tunneler.log import get_logger
 from tunneler.router.authority import RouterAuthority
 from tunneler.router.core import RouterCore
@@ -197,14 +198,14 @@ class _ChannelProtocol(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         """BufferedProtocol: TLS decrypts straight into the channel's frame splitter."""
         if self._channel is None:
-            return memoryview(bytearray(max(sizehint, 1)))
+            return discard_buffer()
         return self._core.receive_buffer(self._channel, sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
         channel = self._channel
         if channel is None:
             return
-        self._core.received(channel, self._loop.time(), nbytes)
+        self._core.received(channel, nbytes, self._loop.time())
         self._after_receive(channel)
 
     def data_received(self, data: bytes) -> None:

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -82,11 +83,18 @@ def summarise(folded: Path, top: int, by_total: bool = False) -> list[str]:
     return lines
 
 
+def _idle_share(before: Any, after: Any) -> float:
+    """The share of all cores' time left idle between two psutil.cpu_times() readings."""
+    spent = sum(after) - sum(before)
+    return (after.idle - before.idle) / spent if spent else 0.0
+
+
 def profile(figure: str, deploy: Processes, client: Netns, out: Path, size: int,
             seconds: float, top: int, by_total: bool, sample: bool) -> None:
     """Run `figure` once; with `sample`, py-spy each tunnel process meanwhile."""
     pids = {name: tunneler_pid(deploy.procs[name].pid) for name in PROCESSES}
     before = {name: psutil.Process(pid).cpu_times() for name, pid in pids.items()}
+    machine = psutil.cpu_times()
     spies = {name: subprocess.Popen(
         [py_spy(), "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
          "--output", str(out / f"{figure}-{name}.folded"), "--nonblocking"],
@@ -98,11 +106,12 @@ def profile(figure: str, deploy: Processes, client: Netns, out: Path, size: int,
     result = intercept._run_in(client, "figure", figure, "bench.private.test",
                                str(intercept.PORT), str(size), str(seconds))
     wall = time.monotonic() - started
+    idle = _idle_share(machine, psutil.cpu_times())
     for spy in spies.values():
         spy.send_signal(2)
     for spy in spies.values():
         spy.wait(timeout=60)
-    print(f"== {figure}: {result} in {wall:.1f} s")
+    print(f"== {figure}: {result} in {wall:.1f} s, machine {100 * idle:.0f} % idle")
     for name, pid in pids.items():
         after = psutil.Process(pid).cpu_times()
         cpu = (after.user - before[name].user) + (after.system - before[name].system)

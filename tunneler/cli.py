@@ -132,6 +132,9 @@ def _run_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                      help="leave the system resolver configuration alone")
     run.add_argument("--dns-route-all", action="store_true",
                      help="systemd-resolved: route every name to us (~.), not only intercepts")
+    run.add_argument("--tcp-redirect", action="store_true",
+                     help="let nftables DNAT this host's TCP to intercepts straight to our "
+                          "listener (faster; an unreachable service resets after connect)")
     _add_refresh_interval(run)
     run.add_argument("--mtu", type=int, default=65000)
     run.add_argument("--runtime-dir", default="/run/tunneler", help="directory of journal.json")

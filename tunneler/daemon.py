@@ -41,8 +41,11 @@ from tunneler.ops import runtime as ops_runtime
 from tunneler.ops.enroll_dir import enroll_pending
 from tunneler.ops.options import NO_OPS, OpsConfig
 from tunneler.tun.device import LinuxTun, TunDevice
+from tunneler.tun.redirect import Redirect
+from tunneler.tun.redirect import table_name as redirect_table
 from tunneler.tun.route_plan import (
     DEFAULT_MTU,
+    RouteConfig,
     RoutePlan,
     desired_config,
     validate_intercepts,
@@ -68,6 +71,7 @@ class RunConfig:
     runtime_dir: Path = Path("/run/tunneler")
     resolv_conf: Path = system.RESOLV_CONF
     mtu: int = DEFAULT_MTU
+    tcp_redirect: bool = False  # nftables DNAT of local TCP to the listener (tunneler.tun.redirect)
     limits: Limits = field(default_factory=Limits)
     ops: OpsConfig = NO_OPS
 
@@ -88,6 +92,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         runtime_dir=Path(args.runtime_dir),
         resolv_conf=Path(args.resolv_conf),
         mtu=args.mtu,
+        tcp_redirect=args.tcp_redirect,
         limits=limits,
         ops=OpsConfig.from_args(args),
     )
@@ -245,7 +250,21 @@ class Daemon:
         if not self._dns_on:
             return HostConfig(routes)
         return HostConfig(routes, str(self.pool.dns_ip), tuple(self._domains()),
-                          self.config.dns_route_all)
+                          self.config.dns_route_all, self._redirect(routes))
+
+    def _redirect(self, routes: RouteConfig) -> Redirect | None:
+        """With --tcp-redirect: local TCP to what the TUN catches goes to the listener, except
+        to our own addresses and the controller's and routers' (never our own links)."""
+        if not self.config.tcp_redirect or self.engine is None or self.engine.tcp is None:
+            return None
+        tcp = self.engine.tcp
+        ours = (self.pool.tun_ip, tcp.nat_ip, self.pool.dns_ip)
+        return Redirect(
+            table=redirect_table(self.config.tun_name),
+            target=(str(self.pool.tun_ip), tcp.listen_port),
+            prefixes=tuple(str(r) for r in routes.routes if r.version == 4),
+            exclude=tuple(dict.fromkeys([*map(str, ours), *(
+                h for h in self.excluded if ipaddress.ip_address(h).version == 4)])))
 
     async def _apply(self) -> RoutePlan:
         """Compute the host config and hand it to the configurator (one change at a time)."""

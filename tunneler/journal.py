@@ -28,7 +28,8 @@ VERSION = 1
 DEFAULT_RUNTIME_DIR = Path("/run/tunneler")
 JOURNAL_NAME = "journal.json"
 MAX_JOURNAL_BYTES = 16 << 20  # 65536 routes fit with room to spare
-OPS = frozenset({"delete_link", "delete_route", "restore_resolv_conf", "revert_resolved_link"})
+OPS = frozenset({"delete_link", "delete_route", "delete_nft_table", "restore_resolv_conf",
+                 "revert_resolved_link"})
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,10 @@ class Step:
     @classmethod
     def delete_route(cls, dst: str, name: str) -> Step:
         return cls("delete_route", {"dst": dst, "name": name})
+
+    @classmethod
+    def delete_nft_table(cls, table: str) -> Step:
+        return cls("delete_nft_table", {"table": table})
 
     @classmethod
     def restore_resolv_conf(cls, path: Path) -> Step:

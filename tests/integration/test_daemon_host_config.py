@@ -108,3 +108,40 @@ def test_the_daemon_hands_one_host_config_per_change_to_its_configurator(
         assert fake.closed
 
     asyncio.run(scenario())
+
+
+def test_with_tcp_redirect_the_configs_carry_the_table_while_dns_is_on(
+        overlay: tuple[Overlay, int], tmp_path: Path) -> None:
+    net, port = overlay
+    config = RunConfig(identities=[net.directory / "client1.json"], refresh_interval=REFRESH,
+                       runtime_dir=tmp_path / "run", resolv_conf=tmp_path / "resolv.conf",
+                       upstreams=[], limits=Limits(drain_timeout=0.5), tcp_redirect=True)
+    config.resolv_conf.write_text("nameserver 127.0.0.53\n")
+    fake = FakeHostConfigurator()
+    daemon = Daemon(config, configurator=fake, open_tun=SocketPairTun)
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        running = asyncio.create_task(daemon.run(stop))
+        first = await _until(fake, lambda c: c.dns_ip is not None)
+        assert fake.configs[0].redirect is None  # before the engine listens
+        assert daemon.engine is not None and daemon.engine.tcp is not None
+        redirect = first.redirect
+        assert redirect is not None and redirect.table == "tunneler_tunneler0"
+        assert redirect.target == (str(daemon.pool.tun_ip), daemon.engine.tcp.listen_port)
+        assert redirect.prefixes == (str(VIPS),)
+        ours = {str(daemon.pool.tun_ip), str(daemon.engine.tcp.nat_ip), str(daemon.pool.dns_ip)}
+        assert ours | {"127.0.0.1"} <= set(redirect.exclude)  # the controller and router too
+
+        await asyncio.to_thread(apply_policy, net.directory, [
+            _service("llm", "llm.private.test", port), _service("lab", "198.51.100.0/24", port)],
+            "host1", "client1")
+        added = await _until(fake, lambda c: c.redirect is not None
+                             and len(c.redirect.prefixes) == 2)
+        assert added.redirect is not None and added.redirect.prefixes[1] == "198.51.100.0/24"
+
+        stop.set()
+        assert await running == 0
+        assert fake.configs[-1].redirect is None and fake.configs[-2].redirect is not None
+
+    asyncio.run(scenario())

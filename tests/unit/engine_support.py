@@ -19,9 +19,11 @@ from tunneler.dns.pool import VipPool
 from tunneler.engine.dnsserver import Upstream
 from tunneler.engine.engine import Engine
 from tunneler.engine.limits import Limits
+from tunneler.engine.tcp import OriginalDestinationLookup
 from tunneler.errors import DialError
-from tunneler.overlay import OverlayConnection, OverlaySink
+from tunneler.overlay import DialContext, OverlayConnection, OverlaySink
 from tunneler.tun.device import SocketPairTun
+from tunneler.tun.redirect import original_destination
 
 TUN_IP = "100.64.0.1"
 DNS_IP = "100.64.0.2"
@@ -85,13 +87,15 @@ class Kernel:
 
 
 @contextlib.asynccontextmanager
-async def running_engine(contexts: Sequence[StaticContext], *, limits: Limits | None = None,
-                         upstreams: Sequence[Upstream] = ()) -> AsyncIterator[
-                             tuple[Engine, Kernel]]:
+async def running_engine(contexts: Sequence[DialContext], *, limits: Limits | None = None,
+                         upstreams: Sequence[Upstream] = (),
+                         lookup: OriginalDestinationLookup = original_destination,
+                         ) -> AsyncIterator[tuple[Engine, Kernel]]:
     """A started engine on a fake TUN; closed (and the TUN too) afterwards."""
     tun = SocketPairTun()
     engine = Engine(tun, contexts, VipPool(f"{TUN_IP}/10"),
-                    limits=limits or Limits(drain_timeout=0.5), upstreams=upstreams)
+                    limits=limits or Limits(drain_timeout=0.5), upstreams=upstreams,
+                    lookup=lookup)
     try:
         await engine.start()
         yield engine, Kernel(tun.peer)

@@ -25,7 +25,7 @@ from tunneler.engine.dnsserver import DNS_PORT, DnsServer, Upstream
 from tunneler.engine.events import Events
 from tunneler.engine.limits import Limits
 from tunneler.engine.policy import DialTarget, InterceptPolicy
-from tunneler.engine.tcp import TcpInterceptor
+from tunneler.engine.tcp import OriginalDestinationLookup, TcpInterceptor
 from tunneler.engine.tunreader import TunPump
 from tunneler.engine.udp import UdpInterceptor
 from tunneler.intercept import Intercept
@@ -33,6 +33,7 @@ from tunneler.log import get_logger
 from tunneler.overlay import DialContext
 from tunneler.packet.parse import PROTO_TCP, PROTO_UDP, DropReason, Parsed, parse
 from tunneler.tun.device import TunDevice
+from tunneler.tun.redirect import original_destination
 
 log = get_logger("engine")
 
@@ -53,8 +54,10 @@ class Engine:
 
     def __init__(self, tun: TunDevice, contexts: Sequence[DialContext], pool: VipPool, *,
                  limits: Limits | None = None, upstreams: Sequence[Upstream] = (),
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None,
+                 lookup: OriginalDestinationLookup = original_destination) -> None:
         self.limits = limits or Limits()
+        self._lookup = lookup  # SO_ORIGINAL_DST of redirected sockets (--tcp-redirect)
         self.metrics = metrics or Metrics()
         self.events = Events(self.metrics)
         self.pool = pool
@@ -75,7 +78,7 @@ class Engine:
         loop = self._loop = asyncio.get_running_loop()
         nat_ip = self.pool.reserve()
         self.tcp = TcpInterceptor(self.pump, self.policy, self.pool, self.events, self.limits,
-                                  nat_ip)
+                                  nat_ip, lookup=self._lookup)
         self.tcp.register_local(self.pool.dns_ip, DNS_PORT, self.dns.tcp_protocol)
         await self.tcp.start()
         self.update_intercepts()

@@ -11,6 +11,13 @@ Life of a flow (design.md §2, reliability.md Z3)::
       -> the flow's InterceptBridge takes the socket over (``transport.set_protocol``)
     replies T:L -> N:natport come out of the TUN; the NAT rewrites them to VIP:vport -> T:sport
 
+With ``--tcp-redirect`` (tunneler.tun.redirect) nftables DNATs this host's TCP to intercepts
+straight to ``T:L``: the socket arrives without a SYN through the TUN, its peer is the app
+itself, ``SO_ORIGINAL_DST`` gives the VIP and port. The same admission (intercept, caps,
+draining) decides; the flow's bridge takes the socket at once but reads (and forwards) only
+once the service is dialed, and resets it if the dial fails (the app's ``connect()`` has
+already succeeded: the mode's trade-off).
+
 A SYN to a registered local endpoint (``register_local``: the engine registers DNS over TCP
 on the DNS IP, port 53) takes the same hairpin without a dial, to that endpoint's protocol.
 Flows end when the local socket closes (the NAT entry lingers for the last segments) or, if
@@ -43,6 +50,7 @@ from tunneler.engine.tunreader import TunPump
 from tunneler.nat import FlowState, NatDrop, NatFlow, OriginalDestination, TcpNat
 from tunneler.packet.build import build_tcp_rst
 from tunneler.packet.parse import TCP_ACK, TCP_RST, TCP_SYN, Parsed
+from tunneler.tun.redirect import original_destination
 
 LISTEN_BACKLOG = 1024
 IP_FREEBIND = 15  # linux/in.h
@@ -52,6 +60,8 @@ NAT_REFUSALS = {NatDrop.NOT_TCP4: Refusal.NAT_NOT_TCP4, NatDrop.NO_FLOW: Refusal
                 NatDrop.PORTS_EXHAUSTED: Refusal.NAT_PORTS_EXHAUSTED}
 #: a local endpoint's protocol for one accepted socket, given the callback of its end
 LocalProtocolFactory = Callable[[Callable[[], None]], asyncio.Protocol]
+#: an accepted socket's destination before the kernel's DNAT, or None (tunneler.tun.redirect)
+OriginalDestinationLookup = Callable[[socket.socket], "tuple[int, int] | None"]
 
 
 class FlowEnd:
@@ -69,13 +79,17 @@ class FlowEnd:
 
 
 class _Pending:
-    __slots__ = ("bridge", "key", "parsed", "service", "syn", "task")
+    """A dial in progress: for the held SYN (TUN path) or the accepted socket (redirect)."""
 
-    def __init__(self, key: OriginalDestination, syn: bytearray, parsed: Parsed, service: str,
-                 metrics: Metrics) -> None:
+    __slots__ = ("bridge", "key", "parsed", "service", "syn", "task", "transport")
+
+    def __init__(self, key: OriginalDestination, service: str, metrics: Metrics, *,
+                 syn: bytearray | None = None, parsed: Parsed | None = None,
+                 transport: asyncio.Transport | None = None) -> None:
         self.key = key
         self.syn = syn
         self.parsed = parsed
+        self.transport = transport
         self.service = service
         self.bridge = InterceptBridge(metrics.meter(service), metrics)
         self.task: asyncio.Task[None] | None = None
@@ -95,10 +109,13 @@ class TcpInterceptor(FlowInterceptor):
     """SYN handling, overlay dials, the hairpin NAT and the local listener."""
 
     def __init__(self, pump: TunPump, policy: InterceptPolicy, pool: VipPool, events: Events,
-                 limits: Limits, nat_ip: IPv4Address) -> None:
+                 limits: Limits, nat_ip: IPv4Address, *,
+                 lookup: OriginalDestinationLookup = original_destination) -> None:
         super().__init__(pump, policy, pool, events, limits)
         self._tun_ip = int(pool.tun_ip)
         self._nat_ip = nat_ip
+        self._lookup = lookup
+        self._redirected: dict[OriginalDestination, FlowEnd] = {}  # live redirected flows
         self.nat: TcpNat[FlowEnd] | None = None
         self._server: asyncio.Server | None = None
         self._locals: dict[tuple[int, int], LocalProtocolFactory] = {}
@@ -115,6 +132,17 @@ class TcpInterceptor(FlowInterceptor):
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def nat_ip(self) -> IPv4Address:
+        """N, the source address of hairpinned SYNs."""
+        return self._nat_ip
+
+    @property
+    def listen_port(self) -> int:
+        """L, the port of the listener on T (after `start`)."""
+        assert self.nat is not None
+        return self.nat.listen_port
 
     @property
     def _service_pending_cap(self) -> int:
@@ -185,26 +213,32 @@ class TcpInterceptor(FlowInterceptor):
             self._new_flow(packet, parsed, key)
 
     def _new_flow(self, packet: memoryview, parsed: Parsed, key: OriginalDestination) -> None:
-        match = self.policy.match("tcp", parsed.dst, parsed.dst_port)
-        if match is None:
-            self.metrics.refuse(Refusal.NO_INTERCEPT)
-            self._refuse(packet, parsed)
-        elif self._live + len(self._pending) >= self.limits.max_tcp_flows:
-            self.metrics.refuse(Refusal.FLOW_CAP)
-            self._refuse(packet, parsed)
-        elif len(self._pending) >= self.limits.max_pending_dials:
-            self.metrics.refuse(Refusal.PENDING_CAP)
-            self._refuse(packet, parsed)
-        elif self._pending_by_service[match.target.service] >= self._service_pending_cap:
-            self.metrics.refuse(Refusal.SERVICE_PENDING_CAP)  # a flood spares other services
+        match = self._admit(key)
+        if isinstance(match, Refusal):
+            self.metrics.refuse(match)
             self._refuse(packet, parsed)
         else:
-            pending = _Pending(key, bytearray(packet), parsed.copy(), match.target.service,
-                               self.metrics)
-            self._pending[key] = pending
-            self._pending_by_service[pending.service] += 1
-            pending.task = asyncio.get_running_loop().create_task(self._dial(pending, match))
-            self.metrics.count(Count.TCP_DIALS_STARTED)
+            self._start_dial(_Pending(key, match.target.service, self.metrics,
+                                      syn=bytearray(packet), parsed=parsed.copy()), match)
+
+    def _admit(self, key: OriginalDestination) -> Match | Refusal:
+        """The intercept a new flow dials, or why it is refused (caps, no intercept)."""
+        match = self.policy.match("tcp", key.dst_ip, key.dst_port)
+        if match is None:
+            return Refusal.NO_INTERCEPT
+        if self._live + len(self._pending) >= self.limits.max_tcp_flows:
+            return Refusal.FLOW_CAP
+        if len(self._pending) >= self.limits.max_pending_dials:
+            return Refusal.PENDING_CAP
+        if self._pending_by_service[match.target.service] >= self._service_pending_cap:
+            return Refusal.SERVICE_PENDING_CAP  # a flood spares other services
+        return match
+
+    def _start_dial(self, pending: _Pending, match: Match) -> None:
+        self._pending[pending.key] = pending
+        self._pending_by_service[pending.service] += 1
+        pending.task = asyncio.get_running_loop().create_task(self._dial(pending, match))
+        self.metrics.count(Count.TCP_DIALS_STARTED)
 
     def _forward_syn(self, packet: memoryview | bytearray, parsed: Parsed,
                      now: float) -> NatFlow[FlowEnd] | None:
@@ -241,14 +275,18 @@ class TcpInterceptor(FlowInterceptor):
             self._pending_by_service[pending.service] -= 1
             if not self._pending_by_service[pending.service]:
                 del self._pending_by_service[pending.service]
-        if dialed:
+        if pending.transport is not None:
+            self._bridge_redirected(pending, dialed)
+        elif dialed:
             self._release(pending)
         else:
+            assert pending.syn is not None and pending.parsed is not None
             self._refuse(pending.syn, pending.parsed)
 
     def _release(self, pending: _Pending) -> None:
         """The dial is up: let the held SYN through the NAT to our listener."""
         bridge = pending.bridge
+        assert pending.syn is not None and pending.parsed is not None
         if self.draining or bridge.done:
             bridge.abort()
             self._refuse(pending.syn, pending.parsed)
@@ -265,9 +303,13 @@ class TcpInterceptor(FlowInterceptor):
 
     # -- accepted sockets ----------------------------------------------------------------------
     def accepted(self, transport: asyncio.Transport) -> None:
-        """A socket from ``N:natport`` reached the listener: give it to its flow."""
+        """A socket reached the listener: from ``N:natport``, give it to its flow; else it
+        may be a redirected one."""
         peer = transport.get_extra_info("peername")
-        flow = self._nat().flow(peer[1]) if peer and peer[0] == str(self._nat_ip) else None
+        if not peer or peer[0] != str(self._nat_ip):
+            self._redirect_accepted(transport, peer)
+            return
+        flow = self._nat().flow(peer[1])
         end = flow.endpoint if flow is not None else None
         if flow is None or end is None or end.done:
             self.metrics.count(Count.TCP_ACCEPT_UNKNOWN)
@@ -282,24 +324,65 @@ class TcpInterceptor(FlowInterceptor):
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
 
+    def _redirect_accepted(self, transport: asyncio.Transport, peer: object) -> None:
+        """A socket the kernel DNAT'ed to us (--tcp-redirect): admit it, dial, then bridge."""
+        sock = transport.get_extra_info("socket")
+        found = self._lookup(sock) if sock is not None and isinstance(peer, tuple) else None
+        if found is None:
+            self.metrics.count(Count.TCP_ACCEPT_UNKNOWN)
+            reset(transport)
+            return
+        assert isinstance(peer, tuple)
+        key = OriginalDestination(int(IPv4Address(peer[0])), int(peer[1]), *found)
+        match = Refusal.DRAINING if self.draining else self._admit(key)
+        if isinstance(match, Refusal):
+            self.metrics.refuse(match)
+            reset(transport)
+            return
+        pending = _Pending(key, match.target.service, self.metrics, transport=transport)
+        # the bridge takes the socket now: it stops reading until the circuit is up and holds
+        # what a loop reads anyway (uvloop starts reading after connection_made)
+        transport.set_protocol(pending.bridge)
+        pending.bridge.connection_made(transport)
+        self._start_dial(pending, match)
+
+    def _bridge_redirected(self, pending: _Pending, dialed: bool) -> None:
+        bridge = pending.bridge
+        if not dialed or self.draining or bridge.done:  # done: the app closed meanwhile
+            bridge.abort()
+            self.metrics.count(Count.TCP_RST_SENT)
+            return
+        end = FlowEnd(bridge, pending.service)
+        self._redirected[pending.key] = end
+        self._live += 1
+        self.pool.acquire(IPv4Address(pending.key.dst_ip), asyncio.get_running_loop().time())
+        bridge.on_lost(lambda: self._end(end, pending.key))
+        self.events.flow_opened("tcp", pending.service, pending.key)
+
     def _finish(self, flow: NatFlow[FlowEnd]) -> None:
         """The local socket of ``flow`` closed (its NAT entry lingers for the last segments)."""
         end = flow.endpoint
         if end is None or end.done:
             return
-        end.done = True
-        self._live -= 1
-        loop = asyncio.get_running_loop()
-        self._nat().close(flow.nat_port, loop.time())
-        if not self._live and self._drained is not None:
-            self._drained.set()
-        if end.bridge is not None:
-            self.pool.release(IPv4Address(flow.key.dst_ip), loop.time())
-            self.events.flow_closed("tcp", end.service, flow.key)
+        self._nat().close(flow.nat_port, asyncio.get_running_loop().time())
+        self._end(end, flow.key)
         # the entry lingers 60 s for the last segments: it must not keep the bridge (its
         # overlay connection, crypto state and buffers: ~3 KB a flow, 9 MiB after 3 s of
         # bench/peers.py new connections) nor the bridge's reference cycle back to the flow
         end.bridge = end.local = None
+
+    def _end(self, end: FlowEnd, key: OriginalDestination) -> None:
+        """A flow's local socket is gone: count it, free its VIP (hairpin or redirect)."""
+        if end.done:
+            return
+        end.done = True
+        self._live -= 1
+        self._redirected.pop(key, None)
+        if not self._live and self._drained is not None:
+            self._drained.set()
+        if end.bridge is not None:
+            self.pool.release(IPv4Address(key.dst_ip), asyncio.get_running_loop().time())
+            self.events.flow_closed("tcp", end.service, key)
 
     def expire(self, now: float) -> None:
         """Drop NAT entries that timed out; give up flows whose socket never arrived."""
@@ -335,5 +418,9 @@ class TcpInterceptor(FlowInterceptor):
             if flow.endpoint.bridge is not None:
                 flow.endpoint.bridge.abort()
             self._finish(flow)
+        for key, end in list(self._redirected.items()):
+            if end.bridge is not None:
+                end.bridge.abort()
+            self._end(end, key)
         if self._server is not None:
             self._server.close()

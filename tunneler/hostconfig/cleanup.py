@@ -19,7 +19,7 @@ from tunneler.errors import JournalError, TunnelerError
 from tunneler.journal import DEFAULT_RUNTIME_DIR, Journal, Step, journal_path, owner_alive
 from tunneler.journal import load as load_journal
 from tunneler.log import get_logger
-from tunneler.tun import routes
+from tunneler.tun import redirect, routes
 from tunneler.tun.route_plan import DEFAULT_TUN_NAME
 
 log = get_logger("tun")
@@ -27,6 +27,7 @@ log = get_logger("tun")
 _UNDO: dict[str, Callable[[dict[str, str]], bool]] = {
     "delete_link": lambda a: routes.delete_link(a["name"]),
     "delete_route": lambda a: routes.delete_route(a["dst"], a["name"]),
+    "delete_nft_table": lambda a: redirect.Nft().delete(a["table"]),
     "restore_resolv_conf": lambda a: system.restore_resolv_conf(Path(a["path"])),
     "revert_resolved_link": lambda a: system.revert_resolved_link(a["link"]),
 }

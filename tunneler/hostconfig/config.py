@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tunneler.tun.redirect import Redirect
 from tunneler.tun.route_plan import RouteConfig, RoutePlan, plan
 
 
@@ -23,6 +24,7 @@ class HostConfig:
     dns_ip: str | None = None           # None: the resolver is not (or no more) sent to us
     domains: tuple[str, ...] = ()       # names the resolver sends to `dns_ip`
     route_all: bool = False             # every name, not only `domains`
+    redirect: Redirect | None = None    # TCP the kernel sends to the listener (--tcp-redirect)
 
 
 class HostConfigurator(Protocol):

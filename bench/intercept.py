@@ -153,7 +153,8 @@ def _run_in(ns: Any, *args: str, timeout: float = 300) -> Any:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _deploy(tmp: Path, pool: Any) -> tuple[Any, Any, Any, Any]:
+def _deploy(tmp: Path, pool: Any, client_args: tuple[str, ...] = ()) -> tuple[Any, Any, Any, Any]:
+    """The three namespaces and processes; `client_args` go to `tunneler run`."""
     from tests.privileged.run_support import DNS_STUB, Deployment, service, tcp_intercept
     from tunneler.demo.netns import veth
 
@@ -173,7 +174,7 @@ def _deploy(tmp: Path, pool: Any) -> tuple[Any, Any, Any, Any]:
         {"protocol": "tcp", "address": "127.0.0.1", "port": PORT})])
     deploy.start(server, "netload", [sys.executable, __file__, "serve", str(PORT)])
     deploy.run_host(server, deploy.enroll(server, "host1"), bound=1)
-    deploy.run_client(client, deploy.enroll(client, "client1"))
+    deploy.run_client(client, deploy.enroll(client, "client1"), *client_args)
     return deploy, client, edge, server
 
 

@@ -10,6 +10,8 @@ Paths from the client to the load server, all in the same run:
 - direct: routed by edge;
 - tunneler: `tunneler run` (client) → `network serve` (edge) → `run-host` (server), end-to-end
   encryption on, as bench/intercept.py measures it;
+  with `--tcp-redirect`, `tunneler run --tcp-redirect`: nftables DNATs the client's TCP to
+  the engine's listener, no TUN hairpin (tunneler.tun.redirect);
 - tunneler-proxy: `tunneler proxy` on 127.0.0.1 in client (the same identity and service) →
   the same router and run-host: the overlay path without the TUN hairpin (the kernel accepts
   the socket), i.e. what a kernel-side redirect of intercepted flows would leave;
@@ -129,6 +131,7 @@ class Settings:
     message: int = 1024          # bytes per round trip
     flows: int = 1000            # open flows for the RSS figure (0: skip it)
     paths: tuple[str, ...] = tuple(route.name for route in ROUTES)
+    tcp_redirect: bool = False   # `tunneler run --tcp-redirect` for the tunneler path
 
 
 QUICK = Settings(rounds=1, size=32 << 20, seconds=1.0, count=500)
@@ -278,7 +281,9 @@ def measure(settings: Settings) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="tunneler-bench-") as tmp, signals_raise():
         deploy = None
         try:
-            deploy, client, edge, server = intercept._deploy(Path(tmp), pool)
+            deploy, client, edge, server = intercept._deploy(
+                Path(tmp), pool, ("--tcp-redirect",) if settings.tcp_redirect else ())
+            result["tcp_redirect"] = settings.tcp_redirect
             topology = Topology(client, edge, server)
             tune(topology)
             start_baselines(deploy, topology, settings.paths)
@@ -369,14 +374,21 @@ def _table(header: Sequence[str], rows: list[list[str]]) -> list[str]:
 LABELS = {route.name: route.label for route in ROUTES}
 
 
+def path_label(result: dict[str, Any], path: str) -> str:
+    """A path's row label; the tunneler path says when it ran with --tcp-redirect."""
+    if path == "tunneler" and result.get("tcp_redirect"):
+        return "tunneler run --tcp-redirect → serve → run-host"
+    return LABELS[path]
+
+
 def figures_table(result: dict[str, Any], key: str, fmt: Callable[[str], str]) -> list[str]:
     return _table(["path", *(label for _k, label in COLUMNS)],
-                  [[LABELS[path], *(cell(stats[k], fmt(k)) for k, _label in COLUMNS)]
+                  [[path_label(result, path), *(cell(stats[k], fmt(k)) for k, _label in COLUMNS)]
                    for path, stats in result[key].items()])
 
 
 def cpu_table(result: dict[str, Any]) -> list[str]:
-    rows = [[LABELS[path], PROCESS_NAMES.get(process, process),
+    rows = [[path_label(result, path), PROCESS_NAMES.get(process, process),
              *(cell(figures[k], ".2f" if k.startswith("bulk") else ".0f")
                for k, _label in CPU_COLUMNS)]
             for path, processes in result["cpu_per_work"].items()
@@ -446,7 +458,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if unknown or "direct" not in paths:
         sys.exit(f"--paths: unknown {sorted(unknown)}" if unknown else "--paths needs direct")
     return dataclasses.replace(base, paths=paths, rounds=args.rounds or base.rounds,
-                               flows=base.flows if args.flows is None else args.flows)
+                               flows=base.flows if args.flows is None else args.flows,
+                               tcp_redirect=args.tcp_redirect)
 
 
 def parse() -> argparse.Namespace:
@@ -457,6 +470,8 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--paths", help="comma-separated, from: "
                         + ",".join(route.name for route in ROUTES))
     parser.add_argument("--flows", type=int, help="open flows for the RSS figure (0: skip)")
+    parser.add_argument("--tcp-redirect", action="store_true",
+                        help="the tunneler path with `tunneler run --tcp-redirect`")
     parser.add_argument("--json", type=Path, help="default bench/results/peers.json "
                         "(peers-quick.json with --quick)")
     parser.add_argument("--write-docs", action="store_true",

@@ -16,6 +16,7 @@ from ipaddress import IPv4Address
 from typing import Any
 
 import pytest
+import uvloop
 from engine_support import StaticContext, running_engine, service
 from test_engine_tcp import llm_context, vip_for
 
@@ -115,24 +116,32 @@ async def _until(check: Any) -> None:
     raise AssertionError("not reached in 2 s")
 
 
+@contextlib.asynccontextmanager
+async def llm_flow(ctx: StaticContext) -> AsyncIterator[
+        tuple[Engine, str, asyncio.StreamReader, asyncio.StreamWriter]]:
+    """An engine on `ctx`, and a redirected socket the app meant for llm.private.test:8000."""
+    destination = Destination()
+    async with running_engine([ctx], lookup=destination) as (engine, _kernel):
+        vip = await vip_for(engine, "llm.private.test")
+        destination.value = (int(IPv4Address(vip)), 8000)
+        async with redirected(engine) as (reader, writer):
+            yield engine, vip, reader, writer
+
+
 def test_a_redirected_socket_is_dialed_with_its_original_destination_then_bridged() -> None:
     async def main() -> None:
         ctx = EchoContext(list(llm_context().services.values()))
-        destination = Destination()
-        async with running_engine([ctx], lookup=destination) as (engine, _kernel):
+        async with llm_flow(ctx) as (engine, vip, reader, writer):
             assert engine.tcp is not None
-            vip = await vip_for(engine, "llm.private.test")
-            destination.value = (int(IPv4Address(vip)), 8000)
-            async with redirected(engine) as (reader, writer):
-                writer.write(b"ping")
-                assert await asyncio.wait_for(reader.readexactly(4), 2) == b"ping"
-                (name, app_data, _timeout), = ctx.dials
-                assert name == "llm" and app_data is not None
-                assert (app_data["dst_ip"], app_data["dst_port"]) == (vip, "8000")
-                assert app_data["src_ip"] == "127.0.0.1"
-                assert engine.tcp.flows == 1
-                writer.write_eof()  # the half-close goes through and comes back
-                assert await asyncio.wait_for(reader.read(), 2) == b""
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.readexactly(4), 2) == b"ping"
+            (name, app_data, _timeout), = ctx.dials
+            assert name == "llm" and app_data is not None
+            assert (app_data["dst_ip"], app_data["dst_port"]) == (vip, "8000")
+            assert app_data["src_ip"] == "127.0.0.1"
+            assert engine.tcp.flows == 1
+            writer.write_eof()  # the half-close goes through, the service ends the flow
+            assert await asyncio.wait_for(reader.read(), 2) == b""
             await _until(lambda: engine.tcp is not None and engine.tcp.flows == 0)
             counts = engine.metrics.counts
             assert (counts[Count.TCP_FLOWS_OPENED], counts[Count.TCP_FLOWS_CLOSED]) == (1, 1)
@@ -140,20 +149,33 @@ def test_a_redirected_socket_is_dialed_with_its_original_destination_then_bridge
     asyncio.run(main())
 
 
+def test_bytes_sent_while_the_service_is_dialed_reach_it_once_it_is_up() -> None:
+    # the app's connect() returned at once (the kernel's handshake): it writes before the
+    # circuit exists, and uvloop reads the socket after connection_made whatever we ask
+    async def main() -> None:
+        ctx = EchoContext(list(llm_context().services.values()))
+        ctx.gate = asyncio.Event()
+        async with llm_flow(ctx) as (engine, _vip, reader, writer):
+            writer.write(b"early")
+            await _until(lambda: engine.tcp is not None and engine.tcp.pending == 1)
+            await asyncio.sleep(0.05)
+            ctx.gate.set()
+            assert await asyncio.wait_for(reader.readexactly(5), 2) == b"early"
+
+    asyncio.run(main())
+    uvloop.run(main())  # the daemon's loop: it reads a socket after connection_made regardless
+
+
 def test_a_redirected_socket_waits_for_its_dial_and_is_reset_when_the_dial_fails() -> None:
     async def main() -> None:
         ctx = llm_context()
         ctx.gate = asyncio.Event()
-        destination = Destination()
-        async with running_engine([ctx], lookup=destination) as (engine, _kernel):
+        async with llm_flow(ctx) as (engine, _vip, reader, writer):
             assert engine.tcp is not None
-            vip = await vip_for(engine, "llm.private.test")
-            destination.value = (int(IPv4Address(vip)), 8000)
-            async with redirected(engine) as (reader, writer):
-                writer.write(b"early")
-                await _until(lambda: engine.tcp is not None and engine.tcp.pending == 1)
-                ctx.gate.set()
-                assert await _is_reset(reader)
+            writer.write(b"early")
+            await _until(lambda: engine.tcp is not None and engine.tcp.pending == 1)
+            ctx.gate.set()
+            assert await _is_reset(reader)
             assert engine.metrics.counts[Count.TCP_DIALS_FAILED] == 1
             assert engine.tcp.pending == 0 and engine.tcp.flows == 0
 

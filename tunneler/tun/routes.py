@@ -18,11 +18,10 @@ import ipaddress
 import socket
 from typing import Any
 
-from pyroute2 import IPRoute, NetlinkError
-
 from tunneler.errors import TunError
 from tunneler.journal import Journal, Step
 from tunneler.log import get_logger
+from tunneler.tun.netlink import IPRoute, NetlinkError
 from tunneler.tun.route_plan import IPInterface, IPNetwork, RouteConfig, RoutePlan
 from tunneler.tun.route_plan import plan as make_plan
 

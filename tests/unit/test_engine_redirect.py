@@ -182,6 +182,19 @@ def test_a_redirected_socket_waits_for_its_dial_and_is_reset_when_the_dial_fails
     asyncio.run(main())
 
 
+def test_a_redirected_socket_still_dialing_is_reset_when_the_engine_stops() -> None:
+    async def main() -> None:
+        ctx = llm_context()
+        ctx.gate = asyncio.Event()  # never set: the dial hangs
+        async with llm_flow(ctx) as (engine, _vip, reader, _writer):
+            await _until(lambda: engine.tcp is not None and engine.tcp.pending == 1)
+            assert engine.tcp is not None
+            await engine.tcp.close(0.1)
+            assert await _is_reset(reader)
+
+    asyncio.run(main())
+
+
 def test_redirected_sockets_nobody_intercepts_or_without_a_destination_are_reset() -> None:
     async def main() -> None:
         destination = Destination()

@@ -408,6 +408,8 @@ class TcpInterceptor(FlowInterceptor):
         for pending in list(self._pending.values()):
             if pending.task is not None:
                 pending.task.cancel()
+            if pending.transport is not None:
+                pending.bridge.abort()  # a redirected socket still waiting for its dial
         if self._live:
             self._drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):

@@ -41,7 +41,7 @@ from tunneler.ops import runtime as ops_runtime
 from tunneler.ops.enroll_dir import enroll_pending
 from tunneler.ops.options import NO_OPS, OpsConfig
 from tunneler.tun.device import LinuxTun, TunDevice
-from tunneler.tun.redirect import Redirect
+from tunneler.tun.redirect import Redirect, nft_binary
 from tunneler.tun.redirect import table_name as redirect_table
 from tunneler.tun.route_plan import (
     DEFAULT_MTU,
@@ -78,6 +78,8 @@ class RunConfig:
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Validate the command line (raises ConfigError)."""
+    if args.tcp_redirect:
+        nft_binary()  # a missing nft is a config error now, not a failed start later
     limits = Limits(max_tcp_flows=args.max_tcp_flows, max_pending_dials=args.max_pending_dials,
                     max_nat_entries=2 * args.max_tcp_flows, max_udp_flows=args.max_udp_flows,
                     max_dns_in_flight=args.max_dns_in_flight)

@@ -22,8 +22,9 @@ from test_engine_tcp import llm_context, vip_for
 
 from tunneler.counters import Count, Refusal
 from tunneler.engine.engine import Engine
-from tunneler.errors import TunError
+from tunneler.errors import ConfigError, TunError
 from tunneler.overlay import OverlayConnection, OverlaySink
+from tunneler.tun import redirect
 from tunneler.tun.redirect import Nft, Redirect, original_destination, render, table_name
 
 
@@ -259,6 +260,15 @@ def test_nft_gets_the_script_on_stdin_and_its_errors_are_reported() -> None:
     assert nft.delete("tunneler_t0") is True
     assert calls[2][0][1:] == ["delete", "table", "ip", "tunneler_t0"]
     assert nft.delete("tunneler_t0") is False  # already gone
+
+
+def test_without_nft_the_redirect_is_a_config_error_that_says_how_to_install_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redirect.shutil, "which", lambda _name: None)
+    with pytest.raises(ConfigError, match="apt-get install nftables"):
+        redirect.nft_binary()
+    with pytest.raises(ConfigError, match="nftables"):
+        Nft().delete("tunneler_t0")
 
 
 def test_a_socket_conntrack_did_not_rewrite_has_no_original_destination() -> None:

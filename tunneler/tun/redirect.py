@@ -15,6 +15,7 @@ refused ``connect()``; flows from other hosts still take the TUN.
 - ``Redirect`` (frozen): table name, target ``(ip, port)``, IPv4 prefixes to catch, addresses
   to leave alone (ours: TUN, NAT, DNS; the controller's and routers' addresses).
 - ``render(redirect) -> str``: the nft script, which replaces the table atomically.
+- ``nft_binary()``: the `nft` command, or a ConfigError saying how to install it.
 - ``Nft(run)``: ``apply(redirect)`` / ``delete(table) -> bool``, through ``nft -f -`` (argument
   lists, the script on stdin; ``run`` is injectable for tests).
 - ``original_destination(sock) -> (ip int, port) | None``: ``SO_ORIGINAL_DST`` of an accepted
@@ -87,7 +88,12 @@ def render(redirect: Redirect) -> str:
     ])
 
 
-def _nft_binary() -> str:
+def nft_binary() -> str:
+    """The `nft` command (checked at start-up: --tcp-redirect fails at once without it).
+
+    Raises:
+        ConfigError: not installed.
+    """
     found = shutil.which("nft") or next(
         (p for p in ("/usr/sbin/nft", "/sbin/nft") if shutil.which(p)), None)
     if found is None:
@@ -104,7 +110,7 @@ class Nft:
 
     def _nft(self, args: Sequence[str],
              script: str | None = None) -> subprocess.CompletedProcess[str]:
-        return self._run([_nft_binary(), *args], input=script, capture_output=True, text=True,
+        return self._run([nft_binary(), *args], input=script, capture_output=True, text=True,
                          timeout=NFT_TIMEOUT, check=False)
 
     def apply(self, redirect: Redirect) -> None:

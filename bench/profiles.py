@@ -9,7 +9,8 @@ spent and the functions with the largest share of samples (self and total).
 py-spy is a profiler, not a project dependency: `pip install py-spy` into the venv first.
 
 Usage: ``sudo .venv/bin/python bench/profiles.py [--figures bulk_1_MBps,rtt] [--out DIR]
-[--size-mib 512] [--seconds 3] [--top 25] [--by-total] [--repeat N] [--cpu-only]``;
+[--size-mib 512] [--seconds 3] [--top 25] [--by-total] [--repeat N] [--cpu-only]
+[--tcp-redirect]``;
 ``--cpu-only --repeat 5`` compares trees by CPU seconds per process without sampling.
 """
 
@@ -132,6 +133,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="run the figures this often")
     parser.add_argument("--cpu-only", action="store_true",
                         help="no sampling: only the figure and the CPU seconds per process")
+    parser.add_argument("--tcp-redirect", action="store_true",
+                        help="`tunneler run --tcp-redirect` (nftables instead of the TUN hairpin)")
     parser.add_argument("--by-total", action="store_true",
                         help="rank functions by samples with them on the stack, not on top")
     args = parser.parse_args()
@@ -140,7 +143,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tunneler-profile-") as tmp:
         deploy = None
         try:
-            deploy, client, _edge, _server = intercept._deploy(Path(tmp), pool)
+            deploy, client, _edge, _server = intercept._deploy(
+                Path(tmp), pool, ("--tcp-redirect",) if args.tcp_redirect else ())
             intercept._run_in(client, "figure", "bulk_1_MBps", "bench.private.test",
                               str(intercept.PORT), str(1 << 20), "1")
             for _ in range(args.repeat):

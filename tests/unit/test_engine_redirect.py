@@ -102,7 +102,7 @@ async def redirected(engine: Engine) -> AsyncIterator[
 
 async def _is_reset(reader: asyncio.StreamReader) -> bool:
     try:
-        async with asyncio.timeout(2):
+        async with asyncio.timeout(10):
             await reader.read(10)
     except ConnectionResetError:
         return True
@@ -110,11 +110,11 @@ async def _is_reset(reader: asyncio.StreamReader) -> bool:
 
 
 async def _until(check: Any) -> None:
-    for _ in range(200):
+    for _ in range(1000):
         if check():
             return
         await asyncio.sleep(0.01)
-    raise AssertionError("not reached in 2 s")
+    raise AssertionError("not reached in 10 s")
 
 
 @contextlib.asynccontextmanager
@@ -135,14 +135,14 @@ def test_a_redirected_socket_is_dialed_with_its_original_destination_then_bridge
         async with llm_flow(ctx) as (engine, vip, reader, writer):
             assert engine.tcp is not None
             writer.write(b"ping")
-            assert await asyncio.wait_for(reader.readexactly(4), 2) == b"ping"
+            assert await asyncio.wait_for(reader.readexactly(4), 10) == b"ping"
             (name, app_data, _timeout), = ctx.dials
             assert name == "llm" and app_data is not None
             assert (app_data["dst_ip"], app_data["dst_port"]) == (vip, "8000")
             assert app_data["src_ip"] == "127.0.0.1"
             assert engine.tcp.flows == 1
             writer.write_eof()  # the half-close goes through, the service ends the flow
-            assert await asyncio.wait_for(reader.read(), 2) == b""
+            assert await asyncio.wait_for(reader.read(), 10) == b""
             await _until(lambda: engine.tcp is not None and engine.tcp.flows == 0)
             counts = engine.metrics.counts
             assert (counts[Count.TCP_FLOWS_OPENED], counts[Count.TCP_FLOWS_CLOSED]) == (1, 1)
@@ -161,7 +161,7 @@ def test_bytes_sent_while_the_service_is_dialed_reach_it_once_it_is_up() -> None
             await _until(lambda: engine.tcp is not None and engine.tcp.pending == 1)
             await asyncio.sleep(0.05)
             ctx.gate.set()
-            assert await asyncio.wait_for(reader.readexactly(5), 2) == b"early"
+            assert await asyncio.wait_for(reader.readexactly(5), 10) == b"early"
 
     asyncio.run(main())
     uvloop.run(main())  # the daemon's loop: it reads a socket after connection_made regardless
@@ -234,7 +234,7 @@ def test_the_table_catches_tcp_to_the_prefixes_except_our_addresses() -> None:
         "  }\n"
         "}\n")
     for bad in ({"table": "x; flush ruleset"}, {"prefixes": ("10.0.0.0/8 }",)},
-                {"exclude": ("1.2.3.4 }",)}, {"prefixes": ()}):
+                {"exclude": ("1.2.3.4 }",)}, {"prefixes": ()}, {"target": ("100.64.0.1", 0)}):
         fields: dict[str, Any] = {"table": "t", "target": ("100.64.0.1", 1),
                                   "prefixes": ("10.0.0.0/8",), **bad}
         with pytest.raises(ValueError):

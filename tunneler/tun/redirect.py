@@ -5,7 +5,8 @@ and adds one nftables table per TUN: TCP that this host (or a container sharing 
 namespace) opens to an intercepted address is DNAT'ed in the ``output`` hook to the engine's
 listener ``T:L``. Conntrack then rewrites every later packet in the kernel, where the TUN
 hairpin costs two TUN syscalls and a NAT rewrite in Python per packet (10 packets a short
-connection; bench/peers.py: +20-30 % connections/s and single-stream MB/s, docs/benchmarks.md).
+connection; bench/peers.py: +15-20 % connections/s and single-stream MB/s, a third less CPU
+in `run` per byte, docs/benchmarks.md §2b).
 The listener reads the app's destination back with ``SO_ORIGINAL_DST``.
 
 Trade-off, the reason it is not the default: the kernel completes the app's handshake before
@@ -62,6 +63,8 @@ class Redirect:
             raise ValueError(f"bad nft table name {self.table!r}")
         for text in (self.target[0], *self.exclude):
             ipaddress.IPv4Address(text)
+        if not 0 < self.target[1] < 65536:
+            raise ValueError(f"bad target port {self.target[1]}")
         for text in self.prefixes:
             ipaddress.IPv4Network(text)
         if not self.prefixes:
